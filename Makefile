@@ -1,0 +1,35 @@
+# Wraps the commands users type; the logic lives in the ffnn CLI.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FFNN := $(BIN)/ffnn
+# The offline MNIST mirror beside the checkout, when there is one; torchvision's download otherwise.
+SHARED_MNIST := $(wildcard ../shared/datasets/mnist)
+DATA_SOURCE ?= $(if $(SHARED_MNIST),$(abspath $(SHARED_MNIST)),)
+export FFNN_DATA_SOURCE := $(DATA_SOURCE)
+ARGS ?=
+
+.PHONY: install data compare report tune test bench ui dashboard clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+data: install
+	$(FFNN) data
+
+compare: data
+	$(FFNN) compare $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: data
+	$(BIN)/python benchmarks/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,269 @@
+"""`compare`: train every (model, seed) of an experiment and record each run.
+
+Training happens in worker processes (or in this one); every MLflow write
+happens here, in the parent, through one ``Tracker``: one writer per store.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from . import data as data_mod
+from .config import CompareConfig, validate_train
+from .models import ModelSpec, count_params
+from .tracking import TAG_KEY, TAG_KIND, Tracker, run_key
+from .train import Diverged, EvalPoint, TrainConfig, device_name, resolve_device, train
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; ``code`` is the exit status to use."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    spec: ModelSpec
+    cfg: TrainConfig  # seed included
+
+
+@dataclass
+class JobResult:
+    job: Job
+    start_ms: int
+    end_ms: int
+    accuracy: float = float("nan")  # final test accuracy, percent
+    seconds: float = 0.0
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, test accuracy)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss)
+    weights: bytes = b""  # torch.save(state_dict)
+    error: str | None = None
+    failed_step: int | None = None
+
+
+@dataclass
+class RunRow:
+    """One (model, seed) of this comparison as it stands in the store."""
+    model: str
+    seed: int
+    status: str
+    accuracy: float
+    seconds: float
+    failure: str = ""
+
+
+# ---------------------------------------------------------------- workers
+_DATA: data_mod.Dataset | None = None
+
+
+def _init_worker(dataset: str, data_dir: str, device: str, threads: int) -> None:
+    global _DATA
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    torch.set_num_threads(threads)
+    _DATA = data_mod.load(dataset, data_dir, device=device)
+
+
+def run_job(job: Job) -> JobResult:
+    """Train one (model, seed) on the process's dataset; never raises for training failures."""
+    assert _DATA is not None, "worker has no data"
+    ds = _DATA
+    start = int(time.time() * 1000)
+    losses: list[tuple[int, float]] = []
+
+    def on_eval(point: EvalPoint) -> None:
+        losses.extend(point.losses)
+
+    try:
+        res = train(job.spec, job.cfg, ds.x_train, ds.y_train, ds.x_test, ds.y_test, on_eval)
+    except Diverged as e:
+        losses.extend(e.losses)
+        return JobResult(job, start, int(time.time() * 1000), losses=losses,
+                         error=f"diverged: {e}", failed_step=e.step)
+    except Exception as e:  # a failed run is recorded, the comparison goes on
+        return JobResult(job, start, int(time.time() * 1000), losses=losses,
+                         error=f"{type(e).__name__}: {e}".splitlines()[0] + "\n" + traceback.format_exc(limit=3))
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in res.model.state_dict().items()}, buf)
+    return JobResult(job, start, int(time.time() * 1000), res.accuracy, res.seconds, res.history, losses,
+                     buf.getvalue())
+
+
+# ---------------------------------------------------------------- parent
+def key_of(job: Job, dataset: str) -> str:
+    c = job.cfg
+    return run_key({"model": job.model, "hidden": list(job.spec.hidden), "activation": job.spec.activation_name,
+                    "lr": c.lr, "batch_size": c.batch_size, "iters": c.iters, "eval_every": c.eval_every,
+                    "seed": c.seed, "dataset": dataset})
+
+
+def run_params(job: Job, dataset: str, device: str) -> dict[str, object]:
+    c = job.cfg
+    return {"model": job.model, "activation": job.spec.activation_name, "hidden_sizes": job.spec.hidden_str,
+            "lr": c.lr, "batch_size": c.batch_size, "iters": c.iters, "eval_every": c.eval_every,
+            "seed": c.seed, "dataset": dataset, "device": device, "n_params": count_params(job.spec)}
+
+
+def worker_count(cfg: CompareConfig, device: torch.device, n_jobs: int) -> int:
+    if cfg.workers:
+        return max(1, min(cfg.workers, n_jobs))
+    if device.type == "cuda":
+        return 1
+    return max(1, min(os.cpu_count() or 1, n_jobs))
+
+
+Progress = Callable[[str, JobResult | None], None]
+
+
+def _raise_interrupt(signum, _frame):
+    raise Interrupted(signum)
+
+
+def compare(cfg: CompareConfig, data_dir: str, data_source: str | None, tracking_uri: str | None,
+            progress: Progress | None = None) -> tuple[list[RunRow], Tracker, str]:
+    """Train what is missing; return every (model, seed) row, the tracker and the experiment id."""
+    device = resolve_device(cfg.device)
+    spec = data_mod.get_spec(cfg.dataset)
+    data_mod.prepare(spec, data_dir, data_source)
+    ds = data_mod.load(spec, data_dir, device=device)
+    validate_train(cfg.train, len(ds.x_train))
+    tracker = Tracker.open(tracking_uri)
+    exp_id = tracker.experiment_id(cfg.experiment)
+    tracker.fail_orphans(exp_id)
+
+    all_jobs = [Job(m, cfg.spec(m), replace(cfg.train, seed=s)) for m in cfg.models for s in range(cfg.seeds)]
+    done = tracker.finished_keys(exp_id)
+    todo = [j for j in all_jobs if key_of(j, cfg.dataset) not in done]
+    say = progress or (lambda msg, res: None)
+    say(f"{len(all_jobs) - len(todo)} of {len(all_jobs)} runs already finished; training {len(todo)}", None)
+    if todo:
+        _train_jobs(cfg, todo, ds, device, data_dir, tracker, exp_id, say)
+    return _rows(tracker, exp_id, all_jobs, cfg.dataset), tracker, exp_id
+
+
+def _train_jobs(cfg: CompareConfig, todo: list[Job], ds: data_mod.Dataset, device: torch.device, data_dir: str,
+                tracker: Tracker, exp_id: str, say: Progress) -> None:
+    workers = worker_count(cfg, device, len(todo))
+    dev_name = device_name(device)
+    common_tags = {"ffnn.device_name": dev_name, "ffnn.torch_version": torch.__version__,
+                   "ffnn.dataset_sha256": ds.sha256}
+    parent = tracker.start_run(
+        exp_id, f"compare {','.join(cfg.models)} x{cfg.seeds}",
+        params={"models": ",".join(cfg.models), "seeds": cfg.seeds, "dataset": cfg.dataset, "device": device.type,
+                "workers": workers, **{k: v for k, v in cfg.train.as_dict().items() if k != "seed"}},
+        tags={TAG_KIND: "comparison", **common_tags},
+        description=(f"Compares {', '.join(f'{m} ({cfg.spec(m).describe()})' for m in cfg.models)} over "
+                     f"{cfg.seeds} seeds on {cfg.dataset}; {len(todo)} runs trained by this invocation. "
+                     f"Report: `ffnn report --experiment {cfg.experiment}` -> reports/{cfg.experiment}/"))
+    active: dict[Future | int, tuple[Job, str]] = {}
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    old_int = signal.signal(signal.SIGINT, _raise_interrupt)
+    pool = None
+    status = "FINISHED"
+    try:
+        if workers > 1:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker,
+                                       initargs=(cfg.dataset, data_dir, device.type, threads))
+        else:
+            global _DATA
+            _DATA = ds
+        queue = list(todo)
+
+        def start(job: Job) -> str:
+            return tracker.start_run(
+                exp_id, f"{job.model} seed={job.cfg.seed}", run_params(job, cfg.dataset, device.type),
+                tags={TAG_KIND: "run", TAG_KEY: key_of(job, cfg.dataset), "ffnn.model": job.model,
+                      "ffnn.spec": job.spec.describe(), **common_tags},
+                parent_id=parent)
+
+        while queue or active:
+            while queue and len(active) < workers:
+                job = queue.pop(0)
+                run_id = start(job)
+                tracker.log_dataset(run_id, cfg.dataset, ds.sha256, ds.source, len(ds.x_train), len(ds.x_test))
+                if pool is None:
+                    active[0] = (job, run_id)
+                    result = run_job(job)
+                    _record(tracker, active.pop(0)[1], result)
+                    say(f"{job.model} seed={job.cfg.seed}", result)
+                else:
+                    active[pool.submit(run_job, job)] = (job, run_id)
+            if pool is not None and active:
+                finished, _ = wait(list(active), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    job, run_id = active.pop(fut)
+                    try:
+                        result = fut.result()
+                    except Exception as e:  # the worker process died
+                        now = int(time.time() * 1000)
+                        result = JobResult(job, now, now, error=f"worker failed: {type(e).__name__}: {e}")
+                    _record(tracker, run_id, result)
+                    say(f"{job.model} seed={job.cfg.seed}", result)
+    except (KeyboardInterrupt, Interrupted) as e:
+        status = "KILLED"
+        for _, run_id in active.values():
+            tracker.end_run(run_id, "KILLED", {"ffnn.failure": f"interrupted ({e or 'SIGINT'})"})
+        raise
+    except BaseException:
+        status = "FAILED"
+        for _, run_id in active.values():
+            tracker.end_run(run_id, "FAILED", {"ffnn.failure": "comparison crashed"})
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+        if pool is not None:
+            pool.shutdown(wait=status == "FINISHED", cancel_futures=True)
+        tracker.end_run(parent, status)
+
+
+def _record(tracker: Tracker, run_id: str, r: JobResult) -> None:
+    tracker.log_metrics(run_id, "train_loss", r.losses)
+    tracker.log_metrics(run_id, "test_accuracy", r.history)
+    if r.error is None:
+        tracker.log_values(run_id, {"final_test_accuracy": r.accuracy, "train_seconds": r.seconds},
+                           step=r.job.cfg.iters)
+        tracker.log_files(run_id, {"state_dict.pt": r.weights,
+                                   "spec.json": _spec_json(r.job).encode()}, "model")
+        tracker.end_run(run_id, "FINISHED")
+    else:
+        tags = {"ffnn.failure": r.error.splitlines()[0][:500]}
+        if r.failed_step is not None:
+            tags["ffnn.failure_step"] = str(r.failed_step)
+        tracker.end_run(run_id, "FAILED", tags)
+
+
+def _spec_json(job: Job) -> str:
+    import json
+    return json.dumps({"model": job.model, "hidden": list(job.spec.hidden), "activation": job.spec.activation_name,
+                       "sizes": job.spec.sizes}, indent=2)
+
+
+def _rows(tracker: Tracker, exp_id: str, jobs: list[Job], dataset: str) -> list[RunRow]:
+    """The latest run of each job in the store (FINISHED preferred)."""
+    wanted = {key_of(j, dataset): j for j in jobs}
+    best: dict[str, RunRow] = {}
+    for r in tracker.search(exp_id, f"tags.`{TAG_KIND}` = 'run'"):
+        key = r.data.tags.get(TAG_KEY)
+        if key not in wanted:
+            continue
+        j = wanted[key]
+        row = RunRow(j.model, j.cfg.seed, r.info.status, r.data.metrics.get("final_test_accuracy", float("nan")),
+                     r.data.metrics.get("train_seconds", float("nan")), r.data.tags.get("ffnn.failure", ""))
+        if key not in best or (best[key].status != "FINISHED" and row.status == "FINISHED"):
+            best[key] = row
+    return [best[k] for k in wanted if k in best]

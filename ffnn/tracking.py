@@ -1,0 +1,227 @@
+"""MLflow: the only module that imports mlflow.
+
+Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts under
+``mlruns/artifacts``; ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` overrides.
+One experiment per comparison, one parent run per invocation, one child run
+per (model, seed). All writes go through one ``MlflowClient`` in one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_SOURCE_GIT_COMMIT
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+TAG_KIND = "ffnn.kind"  # "comparison" (parent), "run" (child), "study", "trial"
+TAG_KEY = "ffnn.run_key"  # hash of everything that determines a child run's result
+TAG_OWNER = "ffnn.owner"  # host:pid of the process that created a RUNNING run
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be used."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def resolve_uri(uri: str | None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    scheme = urlparse(uri).scheme
+    if scheme not in ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks") \
+            and not scheme.startswith(("postgresql+", "mysql+")):
+        raise TrackingError(f"tracking URI {uri!r}: unsupported scheme {scheme!r} (use sqlite:///path.db or http://host:port)")
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def artifact_root(uri: str) -> str | None:
+    """``<db folder>/artifacts`` for SQLite stores; the server decides otherwise."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.resolve().parent / "artifacts").as_uri()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_key(values: dict[str, Any]) -> str:
+    """A stable hash of what determines a run's result."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _pid_alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # someone else's machine: cannot tell, leave it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Tracker:
+    uri: str
+    client: MlflowClient
+
+    @classmethod
+    def open(cls, uri: str | None = None) -> "Tracker":
+        uri = resolve_uri(uri)
+        db = _sqlite_path(uri)
+        if db is not None:
+            if not db.parent.exists():
+                try:
+                    db.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise TrackingError(f"tracking URI {uri!r}: cannot create {db.parent} ({e.strerror})") from None
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as e:  # connection errors come as many types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrackingError(f"tracking URI {uri!r} is unreachable or malformed: {first}") from None
+        return cls(uri, client)
+
+    # experiments -----------------------------------------------------------
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        if not create:
+            return None
+        try:
+            root = artifact_root(self.uri)
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+            return self.client.create_experiment(name, artifact_location=root and f"{root}/{slug}")
+        except MlflowException:  # created meanwhile by a concurrent process
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def experiment_names(self) -> list[str]:
+        return [e.name for e in self.client.search_experiments()]
+
+    # runs ------------------------------------------------------------------
+    def start_run(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, str],
+                  parent_id: str | None = None, description: str | None = None) -> str:
+        tags = {**tags, TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
+                MLFLOW_SOURCE_GIT_COMMIT: git_commit(), "ffnn.git_commit": git_commit()}
+        if parent_id:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_id
+        if description:
+            tags[MLFLOW_RUN_NOTE] = description
+        run = self.client.create_run(experiment_id, start_time=now_ms(), tags=tags, run_name=name)
+        run_id = run.info.run_id
+        if params:
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.set_terminated(run_id, status=status, end_time=now_ms())
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, run_id: str, key: str, points: Iterable[tuple[int, float]]) -> None:
+        """(step, value) pairs, sent in batches of 1000."""
+        ts = now_ms()
+        metrics = [Metric(key, float(v), ts, int(s)) for s, v in points]
+        for i in range(0, len(metrics), BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + BATCH])
+
+    def log_values(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
+        ts = now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, n_train: int, n_test: int,
+                    context: str = "train") -> None:
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local",
+                          source=json.dumps({"uri": source}),
+                          profile=json.dumps({"num_train": n_train, "num_test": n_test, "sha256": digest}))
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    def log_files(self, run_id: str, files: dict[str, bytes], artifact_path: str | None = None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in files.items():
+                (Path(tmp) / name).write_bytes(content)
+            self.client.log_artifacts(run_id, tmp, artifact_path)
+
+    def log_paths(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        for p in paths:
+            self.client.log_artifact(run_id, str(p), artifact_path)
+
+    def finished_keys(self, experiment_id: str) -> set[str]:
+        """``run_key`` tags of FINISHED child runs in the experiment."""
+        runs = self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' and attributes.status = 'FINISHED'")
+        return {r.data.tags.get(TAG_KEY) for r in runs}
+
+    def fail_orphans(self, experiment_id: str) -> int:
+        """Mark RUNNING runs whose creating process is gone as FAILED; return how many."""
+        n = 0
+        for r in self.search(experiment_id, "attributes.status = 'RUNNING'"):
+            owner = r.data.tags.get(TAG_OWNER)
+            if owner and not _pid_alive(owner):
+                self.end_run(r.info.run_id, "FAILED", {"ffnn.failure": "process ended without closing the run"})
+                n += 1
+        return n
+
+    def search(self, experiment_id: str, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    # reading back ----------------------------------------------------------
+    def runs_frame(self, experiment_ids: list[str]) -> pd.DataFrame:
+        """All runs of the experiments, as ``mlflow.search_runs`` gives them."""
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs(experiment_ids=experiment_ids, output_format="pandas",
+                                  max_results=100_000) if experiment_ids else pd.DataFrame()
+
+    def metric_history(self, run_id: str, key: str) -> pd.DataFrame:
+        hist = self.client.get_metric_history(run_id, key)
+        return pd.DataFrame({"step": [m.step for m in hist], "value": [m.value for m in hist]})
+
+    def download(self, run_id: str, path: str, dest: str) -> str:
+        return self.client.download_artifacts(run_id, path, dest)
+

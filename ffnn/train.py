@@ -1,0 +1,140 @@
+"""The training loop: tensors + config in, metrics out.
+
+No printing, no MLflow, no Optuna: whoever wants to watch passes ``on_eval``,
+called at every evaluation step. Batches are cut from in-memory tensors by a
+seeded permutation each epoch (KellerJordan/airbench's data path).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import ModelSpec, seeded_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The tutorial's recipe is the default."""
+
+    lr: float = 0.1  # SGD learning rate, per optimizer step
+    batch_size: int = 100  # examples per optimizer step
+    iters: int = 3000  # optimizer steps in total (3000 = 5 epochs of MNIST at batch 100)
+    eval_every: int = 500  # optimizer steps between evaluations; the last step is always evaluated
+    seed: int = 0  # seeds the weights and the batch order
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EvalPoint:
+    step: int  # optimizer steps done so far
+    accuracy: float  # percent correct on the evaluation set
+    losses: list[tuple[int, float]]  # (step, train loss) since the previous evaluation
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    accuracy: float  # final evaluation accuracy, percent
+    seconds: float  # wall time of the loop, evaluations included
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, accuracy)
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float, losses: list[tuple[int, float]]):
+        super().__init__(f"training loss became {loss} at iteration {step}")
+        self.step = step
+        self.loss = loss
+        self.losses = losses  # the finite losses not yet passed to on_eval
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available on this machine (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name or the CPU's model name, for the record."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10_000) -> float:
+    """Percent of ``x`` classified as ``y``."""
+    model.eval()
+    correct = 0
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        correct += (model(xb).argmax(1) == yb).sum().item()
+    model.train()
+    return 100.0 * correct / len(y)
+
+
+def train(
+    spec: ModelSpec,
+    cfg: TrainConfig,
+    x_train: torch.Tensor,  # (N, 784)
+    y_train: torch.Tensor,  # (N,)
+    x_eval: torch.Tensor,  # (M, 784)
+    y_eval: torch.Tensor,  # (M,)
+    on_eval: Callable[[EvalPoint], None] | None = None,
+) -> TrainResult:
+    """Train ``spec`` with SGD on cross-entropy; evaluate every ``cfg.eval_every`` steps."""
+    device = x_train.device
+    model = seeded_model(spec, cfg.seed, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    batch_order = torch.Generator().manual_seed(cfg.seed)
+    n = len(x_train)
+
+    history: list[tuple[int, float]] = []
+    pending: list[tuple[int, float]] = []
+    accuracy = float("nan")
+    step = 0
+    start = time.perf_counter()
+    while step < cfg.iters:
+        perm = torch.randperm(n, generator=batch_order).to(device)
+        for idx in perm.split(cfg.batch_size):
+            step += 1
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Diverged(step, value, pending)
+            pending.append((step, value))
+            if step % cfg.eval_every == 0 or step == cfg.iters:
+                accuracy = evaluate(model, x_eval, y_eval)
+                history.append((step, accuracy))
+                if on_eval is not None:
+                    on_eval(EvalPoint(step, accuracy, pending))
+                pending = []
+            if step == cfg.iters:
+                break
+    return TrainResult(model, accuracy, time.perf_counter() - start, history)
