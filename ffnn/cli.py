@@ -133,14 +133,10 @@ COMMANDS = {"compare": cmd_compare, "data": cmd_data}
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .compare import Interrupted
-    from .config import ConfigError
-    from .data import DataError
-    from .models import SpecError
-    from .tracking import TrackingError
+    from .errors import Interrupted, UserError
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, SpecError, TrackingError, ValueError) as e:
+    except UserError as e:
         print(f"ffnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:

@@ -20,17 +20,10 @@ import torch
 
 from . import data as data_mod
 from .config import CompareConfig, validate_train
+from .errors import Interrupted, raise_interrupt
 from .models import ModelSpec, count_params
 from .tracking import TAG_KEY, TAG_KIND, Tracker, run_key
 from .train import Diverged, EvalPoint, TrainConfig, device_name, resolve_device, train
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; ``code`` is the exit status to use."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -65,15 +58,20 @@ class RunRow:
     failure: str = ""
 
 
+# CPU matmul results depend on the thread count; one thread per training process makes a
+# run's metrics identical whatever --workers is, and workers use the other cores.
+TRAIN_THREADS = 1
+LOSS_STRIDE = 10  # train_loss is logged as the mean of each 10 optimizer steps, at the 10th
+
 # ---------------------------------------------------------------- workers
 _DATA: data_mod.Dataset | None = None
 
 
-def _init_worker(dataset: str, data_dir: str, device: str, threads: int) -> None:
+def _init_worker(dataset: str, data_dir: str, device: str) -> None:
     global _DATA
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    torch.set_num_threads(threads)
-    _DATA = data_mod.load(dataset, data_dir, device=device)
+    torch.set_num_threads(TRAIN_THREADS)
+    _DATA = data_mod.load(dataset, data_dir, device=device, verify=False)
 
 
 def run_job(job: Job) -> JobResult:
@@ -127,18 +125,13 @@ def worker_count(cfg: CompareConfig, device: torch.device, n_jobs: int) -> int:
 Progress = Callable[[str, JobResult | None], None]
 
 
-def _raise_interrupt(signum, _frame):
-    raise Interrupted(signum)
-
-
 def compare(cfg: CompareConfig, data_dir: str, data_source: str | None, tracking_uri: str | None,
             progress: Progress | None = None) -> tuple[list[RunRow], Tracker, str]:
     """Train what is missing; return every (model, seed) row, the tracker and the experiment id."""
     device = resolve_device(cfg.device)
     spec = data_mod.get_spec(cfg.dataset)
-    data_mod.prepare(spec, data_dir, data_source)
-    ds = data_mod.load(spec, data_dir, device=device)
-    validate_train(cfg.train, len(ds.x_train))
+    folder = data_mod.prepare(spec, data_dir, data_source)
+    validate_train(cfg.train, data_mod.count_examples(folder))
     tracker = Tracker.open(tracking_uri)
     exp_id = tracker.experiment_id(cfg.experiment)
     tracker.fail_orphans(exp_id)
@@ -149,16 +142,19 @@ def compare(cfg: CompareConfig, data_dir: str, data_source: str | None, tracking
     say = progress or (lambda msg, res: None)
     say(f"{len(all_jobs) - len(todo)} of {len(all_jobs)} runs already finished; training {len(todo)}", None)
     if todo:
-        _train_jobs(cfg, todo, ds, device, data_dir, tracker, exp_id, say)
+        _train_jobs(cfg, todo, spec, device, data_dir, tracker, exp_id, say)
     return _rows(tracker, exp_id, all_jobs, cfg.dataset), tracker, exp_id
 
 
-def _train_jobs(cfg: CompareConfig, todo: list[Job], ds: data_mod.Dataset, device: torch.device, data_dir: str,
-                tracker: Tracker, exp_id: str, say: Progress) -> None:
+def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec, device: torch.device,
+                data_dir: str, tracker: Tracker, exp_id: str, say: Progress) -> None:
     workers = worker_count(cfg, device, len(todo))
+    source = str(data_mod.raw_dir(spec, data_dir).resolve())
+    n_train = data_mod.count_examples(data_mod.raw_dir(spec, data_dir))
+    n_test = data_mod.count_examples(data_mod.raw_dir(spec, data_dir), "t10k-labels-idx1-ubyte")
     dev_name = device_name(device)
     common_tags = {"ffnn.device_name": dev_name, "ffnn.torch_version": torch.__version__,
-                   "ffnn.dataset_sha256": ds.sha256}
+                   "ffnn.dataset_sha256": spec.digest}
     parent = tracker.start_run(
         exp_id, f"compare {','.join(cfg.models)} x{cfg.seeds}",
         params={"models": ",".join(cfg.models), "seeds": cfg.seeds, "dataset": cfg.dataset, "device": device.type,
@@ -168,19 +164,19 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], ds: data_mod.Dataset, devic
                      f"{cfg.seeds} seeds on {cfg.dataset}; {len(todo)} runs trained by this invocation. "
                      f"Report: `ffnn report --experiment {cfg.experiment}` -> reports/{cfg.experiment}/"))
     active: dict[Future | int, tuple[Job, str]] = {}
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    old_int = signal.signal(signal.SIGINT, _raise_interrupt)
+    old_term = signal.signal(signal.SIGTERM, raise_interrupt)
+    old_int = signal.signal(signal.SIGINT, raise_interrupt)
     pool = None
     status = "FINISHED"
     try:
         if workers > 1:
-            threads = max(1, (os.cpu_count() or 1) // workers)
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker,
-                                       initargs=(cfg.dataset, data_dir, device.type, threads))
+                                       initargs=(cfg.dataset, data_dir, device.type))
         else:
             global _DATA
-            _DATA = ds
+            _DATA = data_mod.load(spec, data_dir, device=device, verify=False)
+            torch.set_num_threads(TRAIN_THREADS)
         queue = list(todo)
 
         def start(job: Job) -> str:
@@ -194,7 +190,7 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], ds: data_mod.Dataset, devic
             while queue and len(active) < workers:
                 job = queue.pop(0)
                 run_id = start(job)
-                tracker.log_dataset(run_id, cfg.dataset, ds.sha256, ds.source, len(ds.x_train), len(ds.x_test))
+                tracker.log_dataset(run_id, cfg.dataset, spec.digest, source, n_train, n_test)
                 if pool is None:
                     active[0] = (job, run_id)
                     result = run_job(job)
@@ -232,7 +228,7 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], ds: data_mod.Dataset, devic
 
 
 def _record(tracker: Tracker, run_id: str, r: JobResult) -> None:
-    tracker.log_metrics(run_id, "train_loss", r.losses)
+    tracker.log_metrics(run_id, "train_loss", window_means(r.losses, LOSS_STRIDE))
     tracker.log_metrics(run_id, "test_accuracy", r.history)
     if r.error is None:
         tracker.log_values(run_id, {"final_test_accuracy": r.accuracy, "train_seconds": r.seconds},
@@ -245,6 +241,15 @@ def _record(tracker: Tracker, run_id: str, r: JobResult) -> None:
         if r.failed_step is not None:
             tags["ffnn.failure_step"] = str(r.failed_step)
         tracker.end_run(run_id, "FAILED", tags)
+
+
+def window_means(points: list[tuple[int, float]], stride: int) -> list[tuple[int, float]]:
+    """Mean of each run of ``stride`` consecutive points, at its last step.
+
+    ``window_means([(1, 1.0), (2, 3.0), (3, 5.0)], 2) == [(2, 2.0), (3, 5.0)]``
+    """
+    return [(chunk[-1][0], sum(v for _, v in chunk) / len(chunk))
+            for chunk in (points[i:i + stride] for i in range(0, len(points), stride))]
 
 
 def _spec_json(job: Job) -> str:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from .data import DATASETS
+from .errors import UserError
 from .models import REGISTRY, ModelSpec, SpecError
 from .train import TrainConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Bad configuration: the message names the field and the value."""
 
 

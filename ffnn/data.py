@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
+
 FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -29,7 +31,7 @@ FILES = (
 DEFAULT_DATA_DIR = "data"
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset file is missing, corrupted or cannot be fetched."""
 
 
@@ -158,12 +160,14 @@ def _download(spec: DatasetSpec, data_dir: Path) -> None:
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, spec.torchvision_class)
+    data_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=data_dir))
     try:
         try:
             cls(root=str(scratch), train=True, download=True)
         except Exception as e:  # network errors come in many types
-            raise DataError(f"download of {spec.name} failed: {e}") from None
+            reason = " ".join(str(e).split())
+            raise DataError(f"download of {spec.name} failed: {reason}") from None
         src = scratch / spec.folder / "raw"
         for name, expected in spec.sha256.items():
             got = _mirror_file(src, name)
@@ -223,12 +227,21 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
+def count_examples(folder: Path, name: str = "train-labels-idx1-ubyte") -> int:
+    """The first dimension from an IDX header, without reading the data."""
+    with open(folder / name, "rb") as f:
+        return int.from_bytes(f.read(8)[4:8], "big")
+
+
 def load(spec: DatasetSpec | str, data_dir: str | Path = DEFAULT_DATA_DIR,
-         source: str | Path | None = None, device: torch.device | str = "cpu") -> Dataset:
-    """Prepare, verify and load a dataset into tensors on ``device``, once."""
+         source: str | Path | None = None, device: torch.device | str = "cpu", verify: bool = True) -> Dataset:
+    """Prepare, verify and load a dataset into tensors on ``device``, once.
+
+    ``verify=False`` trusts files that this process tree has just verified.
+    """
     if isinstance(spec, str):
         spec = get_spec(spec)
-    folder = prepare(spec, data_dir, source)
+    folder = prepare(spec, data_dir, source) if verify else raw_dir(spec, data_dir)
 
     def images(name: str) -> torch.Tensor:
         arr = read_idx(folder / name)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import UserError
+
 N_INPUTS = 784  # 28 x 28 pixels
 N_CLASSES = 10
 
@@ -22,7 +24,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A model spec that cannot be built."""
 
 

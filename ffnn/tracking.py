@@ -8,6 +8,7 @@ per (model, seed). All writes go through one ``MlflowClient`` in one process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_SOURCE_GIT_COMMIT
+from .errors import UserError
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_GIT_COMMIT
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG_KIND = "ffnn.kind"  # "comparison" (parent), "run" (child), "study", "trial"
@@ -35,10 +37,11 @@ TAG_KEY = "ffnn.run_key"  # hash of everything that determines a child run's res
 TAG_OWNER = "ffnn.owner"  # host:pid of the process that created a RUNNING run
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
-logging.getLogger("alembic").setLevel(logging.WARNING)
+for _name in ("alembic", "mlflow"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-class TrackingError(Exception):
+class TrackingError(UserError):
     """The tracking store cannot be used."""
 
 
@@ -69,6 +72,7 @@ def artifact_root(uri: str) -> str | None:
     return (db.resolve().parent / "artifacts").as_uri()
 
 
+@functools.cache
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -140,7 +144,7 @@ class Tracker:
     def start_run(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, str],
                   parent_id: str | None = None, description: str | None = None) -> str:
         tags = {**tags, TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
-                MLFLOW_SOURCE_GIT_COMMIT: git_commit(), "ffnn.git_commit": git_commit()}
+                MLFLOW_GIT_COMMIT: git_commit(), "ffnn.git_commit": git_commit()}
         if parent_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_id
         if description:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
 from .models import ModelSpec, seeded_model
 
 
@@ -49,6 +50,10 @@ class TrainResult:
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, accuracy)
 
 
+class DeviceError(UserError):
+    """The requested device is not available."""
+
+
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
@@ -64,9 +69,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is available on this machine (use --device cpu or auto)")
+        raise DeviceError("--device cuda: no CUDA GPU is available on this machine (use --device cpu or auto)")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+        raise DeviceError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
 
 
@@ -120,7 +125,7 @@ def train(
         perm = torch.randperm(n, generator=batch_order).to(device)
         for idx in perm.split(cfg.batch_size):
             step += 1
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            loss = F.cross_entropy(model(x_train.index_select(0, idx)), y_train.index_select(0, idx))  # faster than x[idx]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
