@@ -25,6 +25,12 @@ data: install
 compare: data
 	$(FFNN) compare $(ARGS)
 
+report: install
+	$(FFNN) report $(ARGS)
+
+tune: data
+	$(FFNN) tune $(ARGS)
+
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 

@@ -30,7 +30,7 @@ def _tracking_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ffnn", description=__doc__, formatter_class=Formatter)
+    parser = argparse.ArgumentParser(prog="ffnn", description=__doc__.splitlines()[0], formatter_class=Formatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compare", formatter_class=Formatter,
@@ -49,6 +49,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the file's, mnist)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: the file's)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    _data_flags(p)
+    _tracking_flags(p)
+
+    p = sub.add_parser("report", formatter_class=Formatter,
+                       help="statistics on which capacity increases helped; tables, plots, exports",
+                       description="Read finished runs from MLflow (never trains) and say, per capacity step, "
+                                   "whether it helped, with confidence intervals and Holm-corrected p-values.")
+    p.add_argument("--experiment", action="append", default=None,
+                   help="MLflow experiment to report on; repeat for several (default: compare)")
+    p.add_argument("--models", default=None, help="comma list of model names to include (default: all)")
+    p.add_argument("--out", default=None, help="output folder (default: reports/<experiment>/)")
+    p.add_argument("--formats", default="csv,md,tex,html,png",
+                   help="comma list of csv, md, tex, html, png")
+    _tracking_flags(p)
+
+    p = sub.add_parser("tune", formatter_class=Formatter,
+                       help="Optuna study of hidden sizes and learning rate per architecture",
+                       description="Tune each architecture family on a validation split held out from the "
+                                   "training set; every trial is a nested MLflow run.")
+    p.add_argument("--config", default="experiments/tune.toml", help="tuning file (TOML)")
+    p.add_argument("--model", action="append", default=None,
+                   help="architecture family to tune (A-E); repeat or comma list (default: all in the file)")
+    p.add_argument("--n-trials", type=int, default=None, help="trials per study (default: the file's)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per study (default: none)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///mlruns/optuna.db)")
+    p.add_argument("--study-name", default=None, help="study name (default: tune-<model>)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing one study")
+    p.add_argument("--sampler", choices=["tpe", "random"], default=None, help="Optuna sampler (default tpe)")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default=None,
+                   help="Optuna pruner (default median)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the file's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="training device")
+    p.add_argument("--iters", type=int, default=None, help="optimizer steps per trial (default 3000)")
+    p.add_argument("--final", action="store_true",
+                   help="retrain each study's best configuration on the full training set over --seeds seeds "
+                        "and log them as comparison runs (model name e.g. C*)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds for --final")
     _data_flags(p)
     _tracking_flags(p)
 
@@ -128,7 +165,15 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"compare": cmd_compare, "data": cmd_data}
+def cmd_report(args) -> int:
+    raise NotImplementedError("report: being built")
+
+
+def cmd_tune(args) -> int:
+    raise NotImplementedError("tune: being built")
+
+
+COMMANDS = {"compare": cmd_compare, "data": cmd_data, "report": cmd_report, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:
