@@ -67,7 +67,7 @@ LOSS_STRIDE = 10  # train_loss is logged as the mean of each 10 optimizer steps,
 _DATA: data_mod.Dataset | None = None
 
 
-def _init_worker(dataset: str, data_dir: str, device: str) -> None:
+def _init_worker(dataset: data_mod.DatasetSpec, data_dir: str, device: str) -> None:
     global _DATA
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
     torch.set_num_threads(TRAIN_THREADS)
@@ -172,7 +172,7 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
         if workers > 1:
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker,
-                                       initargs=(cfg.dataset, data_dir, device.type))
+                                       initargs=(spec, data_dir, device.type))
         else:
             global _DATA
             _DATA = data_mod.load(spec, data_dir, device=device, verify=False)

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny, learnable IDX dataset written by the test, loaded by the real code."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffnn import data
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (the MNIST format)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class k lights up row band k of a 28x28 image, plus noise: easy to learn, not trivial."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 90, (n, 28, 28))
+    for i, k in enumerate(labels):
+        images[i, 2 + 2 * k: 4 + 2 * k, 4:24] = rng.integers(160, 256, (2, 20))
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_tiny_mirror(folder: Path, n_train: int = 600, n_test: int = 200) -> dict[str, str]:
+    """Write the four .gz IDX files into ``folder``; return their uncompressed SHA-256 sums."""
+    folder.mkdir(parents=True, exist_ok=True)
+    x_train, y_train = make_images(n_train, 1)
+    x_test, y_test = make_images(n_test, 2)
+    sums = {}
+    for name, arr in [("train-images-idx3-ubyte", x_train), ("train-labels-idx1-ubyte", y_train),
+                      ("t10k-images-idx3-ubyte", x_test), ("t10k-labels-idx1-ubyte", y_test)]:
+        raw = folder / name
+        write_idx(raw, arr)
+        sums[name] = hashlib.sha256(raw.read_bytes()).hexdigest()
+        with open(raw, "rb") as f, gzip.open(folder / f"{name}.gz", "wb") as g:
+            g.write(f.read())
+        raw.unlink()
+    return sums
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> data.DatasetSpec:
+    """A registered dataset ``tiny`` (600 train, 200 test images) with a mirror at tmp_path/mirror."""
+    sums = write_tiny_mirror(tmp_path / "mirror")
+    spec = data.DatasetSpec(name="tiny", folder="TINY", sha256=sums, mirrors=(str(tmp_path / "mirror"),))
+    monkeypatch.setitem(data.DATASETS, "tiny", spec)
+    monkeypatch.delenv("FFNN_DATA_SOURCE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return spec

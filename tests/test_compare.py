@@ -1,0 +1,126 @@
+"""End to end: `ffnn compare` on a tiny dataset into a temporary MLflow store, read back with MLflow."""
+
+import io
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from ffnn import cli, data
+from ffnn.models import REGISTRY, build_model
+from ffnn.train import evaluate
+
+BUDGET = ["--iters", "30", "--eval-every", "10", "--batch-size", "20"]
+
+
+def run_compare(tmp_path, *extra):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    argv = ["compare", "--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--tracking-uri", uri,
+            "--experiment", "t", "--no-report", *BUDGET, *extra]
+    return cli.main(argv), MlflowClient(uri)
+
+
+def children(client, status=None):
+    exp = client.get_experiment_by_name("t")
+    runs = client.search_runs([exp.experiment_id], "tags.`ffnn.kind` = 'run'", max_results=1000)
+    return [r for r in runs if status is None or r.info.status == status]
+
+
+def test_compare_logs_every_field(tiny, tmp_path):
+    rc, client = run_compare(tmp_path, "--models", "LR,D", "--seeds", "2", "--workers", "1")
+    assert rc == 0
+    runs = children(client)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    exp = client.get_experiment_by_name("t")
+    parents = client.search_runs([exp.experiment_id], "tags.`ffnn.kind` = 'comparison'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+    run = next(r for r in runs if r.data.params["model"] == "D" and r.data.params["seed"] == "1")
+    assert run.info.run_name == "D seed=1"
+    assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert run.data.params == {
+        "model": "D", "activation": "relu", "hidden_sizes": "100,100", "lr": "0.1", "batch_size": "20",
+        "iters": "30", "eval_every": "10", "seed": "1", "dataset": "tiny", "device": "cpu",
+        "n_params": str(784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10)}
+    lr_run = next(r for r in runs if r.data.params["model"] == "LR")
+    assert lr_run.data.params["hidden_sizes"] == "" and lr_run.data.params["activation"] == "none"
+
+    acc = client.get_metric_history(run.info.run_id, "test_accuracy")
+    assert [m.step for m in acc] == [10, 20, 30]
+    loss = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in loss] == [10, 20, 30] and all(m.value > 0 for m in loss)
+    assert run.data.metrics["final_test_accuracy"] == acc[-1].value
+    assert run.data.metrics["train_seconds"] > 0
+
+    tags = run.data.tags
+    assert tags["ffnn.device_name"] and tags["ffnn.torch_version"] == torch.__version__
+    assert tags["ffnn.dataset_sha256"] == tiny.digest
+    assert len(tags["ffnn.git_commit"]) in (40, len("unknown"))
+    inputs = run.inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["tiny"]
+
+    # the logged weights reproduce the logged final accuracy
+    path = client.download_artifacts(run.info.run_id, "model/state_dict.pt", str(tmp_path / "dl"))
+    model = build_model(REGISTRY["D"])
+    model.load_state_dict(torch.load(path))
+    ds = data.load(tiny, tmp_path / "data")
+    assert evaluate(model, ds.x_test, ds.y_test) == pytest.approx(run.data.metrics["final_test_accuracy"])
+
+
+def test_compare_rerun_trains_nothing_and_retrains_failed(tiny, tmp_path):
+    run_compare(tmp_path, "--models", "C", "--seeds", "2", "--workers", "1")
+    run_compare(tmp_path, "--models", "C", "--seeds", "2", "--workers", "1")
+    _, client = run_compare(tmp_path, "--models", "C", "--seeds", "2", "--workers", "1")
+    assert len(children(client)) == 2
+
+    victim = children(client)[0]
+    client.set_terminated(victim.info.run_id, "FAILED")
+    run_compare(tmp_path, "--models", "C", "--seeds", "2", "--workers", "1")
+    runs = children(client)
+    assert len(runs) == 3 and len(children(client, "FINISHED")) == 2
+    # a changed config is a different run
+    run_compare(tmp_path, "--models", "C", "--seeds", "2", "--workers", "1", "--lr", "0.05")
+    assert len(children(client, "FINISHED")) == 4
+
+
+def test_compare_worker_processes_give_the_same_metrics(tiny, tmp_path):
+    run_compare(tmp_path / "one", "--models", "A,C", "--seeds", "2", "--workers", "1")
+    _, c1 = run_compare(tmp_path / "one", "--models", "A,C", "--seeds", "2", "--workers", "1")
+    _, c2 = run_compare(tmp_path / "two", "--models", "A,C", "--seeds", "2", "--workers", "2")
+
+    def finals(client):
+        return {(r.data.params["model"], r.data.params["seed"]):
+                (r.data.metrics["final_test_accuracy"],
+                 [m.value for m in client.get_metric_history(r.info.run_id, "train_loss")])
+                for r in children(client)}
+    assert finals(c1) == finals(c2) and len(finals(c2)) == 4
+
+
+def test_compare_diverging_run_fails_and_the_rest_go_on(tiny, tmp_path, capsys):
+    (tmp_path / "exp.toml").write_text('[specs.Big]\nhidden = [300, 300, 300]\nactivation = "relu"\n')
+    rc, client = run_compare(tmp_path, "--config", str(tmp_path / "exp.toml"), "--models", "Big",
+                             "--seeds", "2", "--workers", "1", "--lr", "1e6")
+    assert rc == 0
+    failed = children(client, "FAILED")
+    assert len(failed) == 2
+    assert "diverged" in failed[0].data.tags["ffnn.failure"]
+    assert int(failed[0].data.tags["ffnn.failure_step"]) >= 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "C,Z"], "unknown model 'Z'"),
+    (["--seeds", "0"], "seeds must be >= 1"),
+    (["--lr", "-1"], "lr must be a number > 0"),
+    (["--eval-every", "50"], "eval_every (50) must not exceed iters (30)"),
+    (["--batch-size", "601"], "larger than the training set"),
+    (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+    (["--tracking-uri", "bogus://x"], "tracking URI"),
+])
+def test_compare_bad_input_is_one_line_and_exit_2(tiny, tmp_path, capsys, argv, message):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    base = ["compare", "--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--tracking-uri", uri,
+            "--no-report", *BUDGET]
+    assert cli.main(base + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
