@@ -189,6 +189,9 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
         while queue or active:
             while queue and len(active) < workers:
                 job = queue.pop(0)
+                if tracker.claimed(exp_id, key_of(job, cfg.dataset)):
+                    say(f"{job.model} seed={job.cfg.seed}: skipped, another process has run or is running it", None)
+                    continue
                 run_id = start(job)
                 tracker.log_dataset(run_id, cfg.dataset, spec.digest, source, n_train, n_test)
                 if pool is None:

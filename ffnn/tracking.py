@@ -196,6 +196,13 @@ class Tracker:
         runs = self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' and attributes.status = 'FINISHED'")
         return {r.data.tags.get(TAG_KEY) for r in runs}
 
+    def claimed(self, experiment_id: str, key: str) -> bool:
+        """Whether a run with this key is FINISHED, or RUNNING in a live process (a concurrent compare)."""
+        runs = self.search(experiment_id, f"tags.`{TAG_KEY}` = '{key}'")
+        return any(r.info.status == "FINISHED" or
+                   (r.info.status == "RUNNING" and _pid_alive(r.data.tags.get(TAG_OWNER, "")))
+                   for r in runs)
+
     def fail_orphans(self, experiment_id: str) -> int:
         """Mark RUNNING runs whose creating process is gone as FAILED; return how many."""
         n = 0
