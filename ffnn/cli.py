@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import signal
 import sys
 from pathlib import Path
+
+from .errors import Interrupted, UserError, install_interrupt_handlers
 
 DEFAULT_CONFIG = "experiments/compare.toml"
 
@@ -73,9 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="architecture family to tune (A-E); repeat or comma list (default: all in the file)")
     p.add_argument("--n-trials", type=int, default=None, help="trials per study (default: the file's)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per study (default: none)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///mlruns/optuna.db)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file path "
+                        "(default: the file's, sqlite:///mlruns/optuna.db)")
     p.add_argument("--study-name", default=None, help="study name (default: tune-<model>)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes sharing one study")
+    p.add_argument("--workers", type=int, default=None,
+                   help="training processes sharing each study; 0 = one per CPU core (default: the file's, 0)")
     p.add_argument("--sampler", choices=["tpe", "random"], default=None, help="Optuna sampler (default tpe)")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default=None,
                    help="Optuna pruner (default median)")
@@ -85,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final", action="store_true",
                    help="retrain each study's best configuration on the full training set over --seeds seeds "
                         "and log them as comparison runs (model name e.g. C*)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds for --final")
+    p.add_argument("--seeds", type=int, default=None, help="seeds for --final (default: the file's, 5)")
     _data_flags(p)
     _tracking_flags(p)
 
@@ -155,6 +161,12 @@ def cmd_compare(args) -> int:
     rows, tracker, exp_id = compare(cfg, args.data_dir, args.data_source, args.tracking_uri, _progress([]))
     print_table(rows, cfg)
     print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {tracker.uri}  (make ui to browse)")
+    if not args.no_report:
+        from .report import ReportConfig, make_report
+        try:
+            print_report(make_report(ReportConfig(experiments=(cfg.experiment,)), tracker.uri))
+        except UserError as e:
+            print(f"report skipped: {e}", file=sys.stderr)
     return 0
 
 
@@ -165,20 +177,92 @@ def cmd_data(args) -> int:
     return 0
 
 
+def print_report(report) -> None:
+    """The evidence, notes and the short verdict list; where the files went."""
+    print(f"\nreport on {', '.join(report.cfg.experiments)}: {report.evidence()}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    if len(report.comparisons):
+        print(f"verdicts ({report.verdict_header()}):")
+        for line in report.verdict_lines():
+            print(f"  {line}")
+    else:
+        print("no capacity steps among the models present: nothing to compare")
+    if report.files:
+        names = " ".join(p.name for p in report.files)
+        logged = f"; logged to run {report.parent_run_id} (artifacts report/)" if report.parent_run_id else ""
+        print(f"files in {report.out}/: {names}{logged}")
+
+
 def cmd_report(args) -> int:
-    raise NotImplementedError("report: being built")
+    from .report import build_report_config, make_report
+    cfg = build_report_config(args.experiment, args.models, args.out, args.formats)
+    print_report(make_report(cfg, args.tracking_uri))
+    return 0
+
+
+def print_tune(res, cfg) -> None:
+    print(f"\n{'study':<14} {'trials':>6} {'done/pruned/failed':>18} {'per min':>8} {'best val acc (%)':>17}  "
+          f"best configuration")
+    for s in res.studies:
+        st = s.states
+        best = (f"{s.best_value:17.2f}  {s.best_spec.describe()}, lr {s.best_params['lr']:.3g} (trial {s.best_number})"
+                if s.best_spec is not None else f"{'-':>17}")
+        counts = f"{st.get('COMPLETE', 0)}/{st.get('PRUNED', 0)}/{st.get('FAIL', 0)}"
+        print(f"{s.name:<14} {sum(st.values()):>6} {counts:>18} {s.trials_per_minute:>8.2f} {best}")
+        for note in s.notes:
+            print(f"  note: {note}")
+    n, minutes = sum(s.finished_now for s in res.studies), sum(s.seconds for s in res.studies) / 60
+    print(f"\nthis invocation: {n} trials in {minutes:.1f} min ({n / minutes if minutes else 0:.1f} per minute) "
+          f"with {res.workers} training process(es)")
+    if res.studies:
+        first = res.studies[0]
+        print(f"best params and plots: {first.out.parent}/<study>/best_params.json, plots.html")
+        print(f"trials in Optuna: optuna trials --study-name {first.name} --storage {res.storage}  "
+              f"(make dashboard to browse)")
+    print(f"runs in MLflow: experiment {cfg.experiment!r} at {res.tracking_uri}, one parent run per study")
 
 
 def cmd_tune(args) -> int:
-    raise NotImplementedError("tune: being built")
+    from .config import build_tune_config, read_toml
+    from .tune import tune
+
+    overrides = {"models": args.model, "n_trials": args.n_trials, "timeout": args.timeout,
+                 "storage": args.storage, "study_name": args.study_name, "workers": args.workers,
+                 "sampler": args.sampler, "pruner": args.pruner, "experiment": args.experiment,
+                 "device": args.device, "iters": args.iters, "final": args.final or None, "seeds": args.seeds}
+    cfg = build_tune_config(read_toml(args.config), overrides)
+    res = tune(cfg, args.data_dir, args.data_source, args.tracking_uri,
+               lambda msg: print(msg, file=sys.stderr, flush=True), _progress([]))
+    print_tune(res, cfg)
+    if res.final:
+        print(f"\n{'model':<6} {'spec':<28} {'runs':>5} {'final test acc (%)':>20}")
+        for name, rows in res.final.items():
+            acc = [r.accuracy for r in rows if r.status == "FINISHED" and not math.isnan(r.accuracy)]
+            spec = next(s.best_spec for s in res.studies if s.model == name.rstrip("*")) if name.endswith("*") \
+                else None
+            print(f"{name:<6} {(spec.describe() if spec else 'tutorial'):<28} {len(acc):>5} {_fmt(acc):>20}")
+        from .report import ReportConfig, make_report
+        try:
+            print_report(make_report(ReportConfig(experiments=(cfg.final_experiment,)), res.tracking_uri))
+        except UserError as e:
+            print(f"report skipped: {e}", file=sys.stderr)
+    return 0
 
 
 COMMANDS = {"compare": cmd_compare, "data": cmd_data, "report": cmd_report, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .errors import Interrupted, UserError
+    old = install_interrupt_handlers()
+    try:
+        return _run(build_parser().parse_args(argv))
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

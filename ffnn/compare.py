@@ -20,7 +20,7 @@ import torch
 
 from . import data as data_mod
 from .config import CompareConfig, validate_train
-from .errors import Interrupted, raise_interrupt
+from .errors import Interrupted, deferred_interrupts, ignore_interrupts
 from .models import ModelSpec, count_params
 from .tracking import TAG_KEY, TAG_KIND, Tracker, run_key
 from .train import Diverged, EvalPoint, TrainConfig, device_name, resolve_device, train
@@ -163,9 +163,8 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
         description=(f"Compares {', '.join(f'{m} ({cfg.spec(m).describe()})' for m in cfg.models)} over "
                      f"{cfg.seeds} seeds on {cfg.dataset}; {len(todo)} runs trained by this invocation. "
                      f"Report: `ffnn report --experiment {cfg.experiment}` -> reports/{cfg.experiment}/"))
-    active: dict[Future | int, tuple[Job, str]] = {}
-    old_term = signal.signal(signal.SIGTERM, raise_interrupt)
-    old_int = signal.signal(signal.SIGINT, raise_interrupt)
+    active: dict[Future, tuple[Job, str]] = {}  # training in a worker
+    open_runs: set[str] = set()  # created and not yet ended
     pool = None
     status = "FINISHED"
     try:
@@ -186,19 +185,32 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
                       "ffnn.spec": job.spec.describe(), **common_tags},
                 parent_id=parent)
 
+        def launch(job: Job) -> str | None:
+            """Create, claim and register the run as one step that an interrupt cannot split."""
+            with deferred_interrupts():
+                run_id = start(job)
+                open_runs.add(run_id)
+                if not tracker.claim(exp_id, key_of(job, cfg.dataset), run_id):
+                    open_runs.discard(run_id)
+                    say(f"{job.model} seed={job.cfg.seed}: skipped, another process has run or is running it", None)
+                    return None
+                tracker.log_dataset(run_id, cfg.dataset, spec.digest, source, n_train, n_test)
+                return run_id
+
+        def finish(run_id: str, result: JobResult) -> None:
+            with deferred_interrupts():
+                _record(tracker, run_id, result)
+                open_runs.discard(run_id)
+            say(f"{result.job.model} seed={result.job.cfg.seed}", result)
+
         while queue or active:
             while queue and len(active) < workers:
                 job = queue.pop(0)
-                if tracker.claimed(exp_id, key_of(job, cfg.dataset)):
-                    say(f"{job.model} seed={job.cfg.seed}: skipped, another process has run or is running it", None)
+                run_id = launch(job)
+                if run_id is None:
                     continue
-                run_id = start(job)
-                tracker.log_dataset(run_id, cfg.dataset, spec.digest, source, n_train, n_test)
                 if pool is None:
-                    active[0] = (job, run_id)
-                    result = run_job(job)
-                    _record(tracker, active.pop(0)[1], result)
-                    say(f"{job.model} seed={job.cfg.seed}", result)
+                    finish(run_id, run_job(job))
                 else:
                     active[pool.submit(run_job, job)] = (job, run_id)
             if pool is not None and active:
@@ -210,24 +222,20 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
                     except Exception as e:  # the worker process died
                         now = int(time.time() * 1000)
                         result = JobResult(job, now, now, error=f"worker failed: {type(e).__name__}: {e}")
-                    _record(tracker, run_id, result)
-                    say(f"{job.model} seed={job.cfg.seed}", result)
-    except (KeyboardInterrupt, Interrupted) as e:
-        status = "KILLED"
-        for _, run_id in active.values():
-            tracker.end_run(run_id, "KILLED", {"ffnn.failure": f"interrupted ({e or 'SIGINT'})"})
+                    finish(run_id, result)
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
+        with ignore_interrupts():  # a second Ctrl-C must not cut the clean-up short
+            for run_id in open_runs:
+                tracker.end_run(run_id, status, {"ffnn.failure": f"interrupted ({e or 'SIGINT'})"
+                                                 if status == "KILLED" else "comparison crashed"})
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            tracker.end_run(parent, status)
         raise
-    except BaseException:
-        status = "FAILED"
-        for _, run_id in active.values():
-            tracker.end_run(run_id, "FAILED", {"ffnn.failure": "comparison crashed"})
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        signal.signal(signal.SIGINT, old_int)
-        if pool is not None:
-            pool.shutdown(wait=status == "FINISHED", cancel_futures=True)
-        tracker.end_run(parent, status)
+    if pool is not None:
+        pool.shutdown(wait=True)
+    tracker.end_run(parent, status)
 
 
 def _record(tracker: Tracker, run_id: str, r: JobResult) -> None:

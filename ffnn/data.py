@@ -260,3 +260,17 @@ def load(spec: DatasetSpec | str, data_dir: str | Path = DEFAULT_DATA_DIR,
         y_test=labels("t10k-labels-idx1-ubyte"),
         source=str(folder),
     )
+
+
+def split_validation(x: torch.Tensor, y: torch.Tensor, n: int = 10_000,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hold out ``n`` training examples for validation: the same ``n`` for a given seed, on any device.
+
+    ``x_fit, y_fit, x_val, y_val = split_validation(ds.x_train, ds.y_train, 10_000)``
+    gives 50,000 + 10,000 MNIST images; the test set plays no part.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < len(x):
+        raise DataError(f"validation split: need 0 < val_size < {len(x)} training examples, got {n!r}")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
+    fit, val = perm[n:].sort().values, perm[:n].sort().values  # sorted: rows stay in file order
+    return x[fit], y[fit], x[val], y[val]

@@ -8,7 +8,10 @@ per (model, seed). All writes go through one ``MlflowClient`` in one process.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import inspect
 import hashlib
 import json
 import logging
@@ -28,7 +31,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from .errors import UserError
+from .errors import UserError, deferring
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_GIT_COMMIT
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -100,6 +103,28 @@ def _pid_alive(owner: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _init_lock(db: Path | None):
+    if db is None:
+        yield
+        return
+    with open(db.parent / f".{db.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _writes_finish_before_interrupts(cls):
+    """Every public method runs with SIGINT/SIGTERM deferred: a write is never cut in half."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, deferring(member))
+    return cls
+
+
+@_writes_finish_before_interrupts
 @dataclass
 class Tracker:
     uri: str
@@ -115,9 +140,12 @@ class Tracker:
                     db.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as e:
                     raise TrackingError(f"tracking URI {uri!r}: cannot create {db.parent} ({e.strerror})") from None
-        client = MlflowClient(tracking_uri=uri)
         try:
-            client.search_experiments(max_results=1)
+            # Opening a new SQLite store creates its tables; two processes doing that at
+            # once corrupt it, so opening holds a lock file beside the database.
+            with _init_lock(db):
+                client = MlflowClient(tracking_uri=uri)
+                client.search_experiments(max_results=1)
         except Exception as e:  # connection errors come as many types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrackingError(f"tracking URI {uri!r} is unreachable or malformed: {first}") from None
@@ -196,12 +224,26 @@ class Tracker:
         runs = self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' and attributes.status = 'FINISHED'")
         return {r.data.tags.get(TAG_KEY) for r in runs}
 
-    def claimed(self, experiment_id: str, key: str) -> bool:
-        """Whether a run with this key is FINISHED, or RUNNING in a live process (a concurrent compare)."""
+    def claim(self, experiment_id: str, key: str, run_id: str) -> bool:
+        """Keep ``run_id`` only if no other run with this key is FINISHED or live and older.
+
+        Two processes that create the same run at once both call this; the older run
+        (by start time, then id) wins and the other is deleted, so exactly one trains.
+        """
         runs = self.search(experiment_id, f"tags.`{TAG_KEY}` = '{key}'")
-        return any(r.info.status == "FINISHED" or
-                   (r.info.status == "RUNNING" and _pid_alive(r.data.tags.get(TAG_OWNER, "")))
-                   for r in runs)
+        mine = next((r for r in runs if r.info.run_id == run_id), None)
+        if mine is None:
+            return True
+        rank = (mine.info.start_time, run_id)
+        for r in runs:
+            if r.info.run_id == run_id:
+                continue
+            if r.info.status == "FINISHED" or (
+                    r.info.status == "RUNNING" and _pid_alive(r.data.tags.get(TAG_OWNER, ""))
+                    and (r.info.start_time, r.info.run_id) < rank):
+                self.client.delete_run(run_id)
+                return False
+        return True
 
     def fail_orphans(self, experiment_id: str) -> int:
         """Mark RUNNING runs whose creating process is gone as FAILED; return how many."""
@@ -236,3 +278,18 @@ class Tracker:
     def download(self, run_id: str, path: str, dest: str) -> str:
         return self.client.download_artifacts(run_id, path, dest)
 
+
+    # --- used by tune
+    def find_runs(self, experiment_id: str, tags: dict[str, str]) -> list[str]:
+        """Ids of the runs that carry every one of ``tags``, oldest first."""
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.search(experiment_id, where)
+        return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Set an ended run RUNNING again, owned by this process: a resumed study keeps its one parent run."""
+        self.set_tags(run_id, {TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}"})
+        self.client.update_run(run_id, status="RUNNING")

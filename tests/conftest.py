@@ -54,3 +54,24 @@ def tiny(tmp_path, monkeypatch) -> data.DatasetSpec:
     monkeypatch.delenv("FFNN_DATA_SOURCE", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return spec
+
+
+# Runs the real CLI in a child process with the test's dataset registered (spawned
+# training workers receive the DatasetSpec itself, so they need no registry).
+_CLI_WITH_DATASET = """
+import json, sys
+from ffnn import data
+spec = json.loads(sys.argv[1])
+spec["mirrors"] = tuple(spec["mirrors"])
+data.DATASETS[spec["name"]] = data.DatasetSpec(**spec)
+from ffnn.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def cli_command(spec: data.DatasetSpec, *argv: str) -> list[str]:
+    """argv for ``ffnn ARGV`` in a subprocess that knows ``spec``."""
+    import dataclasses
+    import json
+    import sys
+    return [sys.executable, "-c", _CLI_WITH_DATASET, json.dumps(dataclasses.asdict(spec)), *argv]
