@@ -9,7 +9,7 @@ DATA_SOURCE ?= $(if $(SHARED_MNIST),$(abspath $(SHARED_MNIST)),)
 export FFNN_DATA_SOURCE := $(DATA_SOURCE)
 ARGS ?=
 
-.PHONY: install data compare report tune test bench ui dashboard clean
+.PHONY: install data compare report tune test bench ui dashboard screenshots clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,15 @@ report: install
 
 tune: data
 	$(FFNN) tune $(ARGS)
+
+# optuna-dashboard on the studies of `make tune`; a journal file path works as STORAGE too
+STORAGE ?= sqlite:///mlruns/optuna.db
+DASHBOARD_PORT ?= 8080
+dashboard: install
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) $(STORAGE)
+
+ui: install
+	$(FFNN) ui $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p)
     _tracking_flags(p)
 
+    p = sub.add_parser("ui", formatter_class=Formatter, help="browse the runs in the MLflow UI",
+                       description="Start the MLflow UI on the project's store, bound to 127.0.0.1; Ctrl-C stops it.")
+    p.add_argument("--port", type=int, default=5000, help="port; 0 picks a free one")
+    _tracking_flags(p)
+
     p = sub.add_parser("data", formatter_class=Formatter, help="fetch and verify a dataset",
                        description="Put the verified dataset files into --data-dir.")
     p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
@@ -209,12 +214,14 @@ def print_tune(res, cfg) -> None:
         best = (f"{s.best_value:17.2f}  {s.best_spec.describe()}, lr {s.best_params['lr']:.3g} (trial {s.best_number})"
                 if s.best_spec is not None else f"{'-':>17}")
         counts = f"{st.get('COMPLETE', 0)}/{st.get('PRUNED', 0)}/{st.get('FAIL', 0)}"
-        print(f"{s.name:<14} {sum(st.values()):>6} {counts:>18} {s.trials_per_minute:>8.2f} {best}")
+        rate = f"{s.trials_per_minute:8.2f}" if s.finished_now else f"{'-':>8}"
+        print(f"{s.name:<14} {sum(st.values()):>6} {counts:>18} {rate} {best}")
         for note in s.notes:
             print(f"  note: {note}")
     n, minutes = sum(s.finished_now for s in res.studies), sum(s.seconds for s in res.studies) / 60
-    print(f"\nthis invocation: {n} trials in {minutes:.1f} min ({n / minutes if minutes else 0:.1f} per minute) "
-          f"with {res.workers} training process(es)")
+    if n:
+        print(f"\nthis invocation: {n} trials in {minutes:.1f} min ({n / minutes:.1f} per minute) "
+              f"with {res.workers} training process(es)")
     if res.studies:
         first = res.studies[0]
         print(f"best params and plots: {first.out.parent}/<study>/best_params.json, plots.html")
@@ -250,7 +257,19 @@ def cmd_tune(args) -> int:
     return 0
 
 
-COMMANDS = {"compare": cmd_compare, "data": cmd_data, "report": cmd_report, "tune": cmd_tune}
+def cmd_ui(args) -> int:
+    from .tracking import ui_server
+
+    try:
+        with ui_server(args.tracking_uri, args.port) as (url, server):
+            print(f"MLflow UI at {url}  (Ctrl-C to stop)", flush=True)
+            server.wait()
+    except (Interrupted, KeyboardInterrupt):
+        print("MLflow UI stopped")
+    return 0
+
+
+COMMANDS = {"compare": cmd_compare, "data": cmd_data, "report": cmd_report, "tune": cmd_tune, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,13 +17,16 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
 
 import mlflow
@@ -38,6 +41,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG_KIND = "ffnn.kind"  # "comparison" (parent), "run" (child), "study", "trial"
 TAG_KEY = "ffnn.run_key"  # hash of everything that determines a child run's result
 TAG_OWNER = "ffnn.owner"  # host:pid of the process that created a RUNNING run
+# MLflow 3's UI shows an experiment as a runs table (not as GenAI traces) when it has this tag.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 for _name in ("alembic", "mlflow"):
@@ -155,13 +160,16 @@ class Tracker:
     def experiment_id(self, name: str, create: bool = True) -> str | None:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if create and exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             return exp.experiment_id
         if not create:
             return None
         try:
             root = artifact_root(self.uri)
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-            return self.client.create_experiment(name, artifact_location=root and f"{root}/{slug}")
+            return self.client.create_experiment(name, artifact_location=root and f"{root}/{slug}",
+                                                 tags={EXPERIMENT_KIND: MODEL_TRAINING})
         except MlflowException:  # created meanwhile by a concurrent process
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -293,3 +301,60 @@ class Tracker:
         """Set an ended run RUNNING again, owned by this process: a resumed study keeps its one parent run."""
         self.set_tags(run_id, {TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}"})
         self.client.update_run(run_id, status="RUNNING")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ui_server(uri: str | None = None, port: int = 5000, host: str = "127.0.0.1",
+              log: Path | None = None, timeout: float = 90) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``mlflow server`` on the store at ``host:port`` (0 = a free port) until the block ends.
+
+    Yields the URL and the process once the server answers ``/health``.
+    """
+    uri = resolve_uri(uri)
+    Tracker.open(uri)  # a clear error for a bad store, and its tables created before the server starts
+    if port == 0:
+        port = free_port(host)
+    else:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                raise TrackingError(f"port {port} on {host} is in use (pass --port 0 for a free one)")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    root = artifact_root(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    url = f"http://{host}:{port}"
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise TrackingError(f"mlflow server exited with status {proc.returncode}"
+                                    + (f"; see {log}" if log else ""))
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise TrackingError(f"mlflow server did not answer on {url} within {timeout:.0f} s")
+            time.sleep(0.3)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if log:
+            out.close()

@@ -1,0 +1,123 @@
+"""The MLflow UI and the HTML report in a real (headless) Chromium.
+
+Needs Debian's chromium and chromium-driver (.ci/run installs them); skips with
+the reason where they cannot be had. Screenshots land in the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from ffnn import cli
+from ffnn.tracking import Tracker, ui_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="no Chromium/ChromeDriver (apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A tiny compare, its report, and a tiny tune, in one temporary store."""
+    from conftest import write_tiny_mirror
+    from ffnn import data
+
+    tmp = tmp_path_factory.mktemp("browser")
+    sums = write_tiny_mirror(tmp / "mirror")
+    spec = data.DatasetSpec(name="tiny", folder="TINY", sha256=sums, mirrors=(str(tmp / "mirror"),))
+    data.DATASETS["tiny"] = spec
+    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+    common = ["--dataset", "tiny", "--data-dir", str(tmp / "data"), "--tracking-uri", uri]
+    assert cli.main(["compare", *common, "--experiment", "browse", "--models", "C,D", "--seeds", "2",
+                     "--iters", "40", "--eval-every", "20", "--batch-size", "20", "--workers", "1",
+                     "--no-report"]) == 0
+    assert cli.main(["report", "--tracking-uri", uri, "--experiment", "browse", "--out", str(tmp / "report")]) == 0
+    yield {"tmp": tmp, "uri": uri}
+    data.DATASETS.pop("tiny", None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1600,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def wait_for(condition, what: str, timeout: float = 45) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def wait_for_text(driver, *texts, timeout=45):
+    """Until the page's text contains every one of ``texts``; returns the text."""
+    deadline = time.time() + timeout
+    body = ""
+    while time.time() < deadline:
+        body = driver.find_element("tag name", "body").text
+        if all(t in body for t in texts):
+            return body
+        time.sleep(0.5)
+    missing = [t for t in texts if t not in body]
+    raise AssertionError(f"page never showed {missing}; it showed: {body[:800]!r}")
+
+
+def test_mlflow_ui_shows_comparison_nested_runs_params_and_chart(store, browser, tmp_path):
+    tracker = Tracker.open(store["uri"])
+    exp = tracker.experiment_id("browse", create=False)
+    parent = tracker.search(exp, "tags.`ffnn.kind` = 'comparison'")[0]
+    child = next(r for r in tracker.search(exp, "tags.`ffnn.kind` = 'run'") if r.info.run_name == "D seed=1")
+    with ui_server(store["uri"], 0, log=tmp_path / "ui.log") as (url, _):
+        browser.get(f"{url}/#/experiments/{exp}/runs")
+        wait_for_text(browser, parent.info.run_name)
+        _expand(browser, parent.info.run_name)  # child runs are nested under their comparison
+        wait_for_text(browser, "C seed=0", "C seed=1", "D seed=0", "D seed=1")
+        browser.save_screenshot(str(tmp_path / "mlflow_experiment.png"))
+
+        browser.get(f"{url}/#/experiments/{exp}/runs/{child.info.run_id}")
+        wait_for_text(browser, "D seed=1", "hidden_sizes", "100,100", "device", "cpu", parent.info.run_name)
+        browser.save_screenshot(str(tmp_path / "mlflow_run.png"))
+
+        browser.get(f"{url}/#/experiments/{exp}/runs/{child.info.run_id}/model-metrics")
+        wait_for_text(browser, "test_accuracy", "train_loss")
+        wait_for(lambda: len(browser.find_elements("css selector", ".js-plotly-plot")) >= 2, "metric charts drawn")
+        browser.save_screenshot(str(tmp_path / "mlflow_metrics.png"))
+
+
+def _expand(driver, run_name: str, timeout: float = 20) -> None:
+    """Click the expand toggle in the name cell of the run called ``run_name``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for el in driver.find_elements("xpath", f"//*[text()={run_name!r}]"):
+            cell = el.find_elements("xpath", "./ancestor::*[.//button][1]")
+            if cell:
+                cell[0].find_element("tag name", "button").click()
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"no expand toggle beside run {run_name!r}")
+
+
+def test_html_report_renders_offline_with_plots(store, browser, tmp_path):
+    page = Path(store["tmp"]) / "report" / "summary.html"
+    browser.get(page.as_uri())
+    wait_for_text(browser, "C -> D", "Verdicts", "Models")
+    images = browser.find_elements("tag name", "img")
+    assert images and all(browser.execute_script("return arguments[0].naturalWidth", img) > 100 for img in images)
+    assert browser.find_elements("tag name", "table")
+    browser.save_screenshot(str(tmp_path / "report.png"))
