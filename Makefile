@@ -6,10 +6,9 @@ FFNN := $(BIN)/ffnn
 # The offline MNIST mirror beside the checkout, when there is one; torchvision's download otherwise.
 SHARED_MNIST := $(wildcard ../shared/datasets/mnist)
 DATA_SOURCE ?= $(if $(SHARED_MNIST),$(abspath $(SHARED_MNIST)),)
-export FFNN_DATA_SOURCE := $(DATA_SOURCE)
 ARGS ?=
 
-.PHONY: install data compare report tune test bench ui dashboard screenshots clean
+.PHONY: install data compare report tune test test-slow bench ui dashboard screenshots clean
 
 install: $(VENV)/.installed
 
@@ -20,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 data: install
-	$(FFNN) data
+	$(FFNN) data $(if $(DATA_SOURCE),--data-source $(DATA_SOURCE))
 
 compare: data
 	$(FFNN) compare $(ARGS)
@@ -40,8 +39,15 @@ dashboard: install
 ui: install
 	$(FFNN) ui $(ARGS)
 
+screenshots: install
+	FFNN_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_browser.py
+
 test: install
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+# kill/resume, signals, concurrent processes, headless Chromium: CI runs these too
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
 
 bench: data
 	$(BIN)/python benchmarks/bench.py $(ARGS)

@@ -11,8 +11,11 @@ class UserError(Exception):
     """Bad input or an unusable environment: one line for the user, exit status 2."""
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; ``code`` is the exit status to use (130 or 143)."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; ``code`` is the exit status to use (130 or 143).
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` never swallows it.
+    """
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)

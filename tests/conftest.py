@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,14 @@ def write_tiny_mirror(folder: Path, n_train: int = 600, n_test: int = 200) -> di
             g.write(f.read())
         raw.unlink()
     return sums
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_environment():
+    """Tests never read the user's data source or tracking store from the environment."""
+    saved = {k: os.environ.pop(k) for k in ("FFNN_DATA_SOURCE", "MLFLOW_TRACKING_URI") if k in os.environ}
+    yield
+    os.environ.update(saved)
 
 
 @pytest.fixture

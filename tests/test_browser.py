@@ -6,6 +6,7 @@ the reason where they cannot be had. Screenshots land in the test's tmp dir.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -17,8 +18,11 @@ from ffnn.tracking import Tracker, ui_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="no Chromium/ChromeDriver (apt-get install chromium chromium-driver)")
+pytestmark = [
+    pytest.mark.slow,  # `make test-slow`
+    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                       reason="no Chromium/ChromeDriver (apt-get install chromium chromium-driver)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +61,14 @@ def browser():
     driver.quit()
 
 
+def screenshot(driver, tmp_path: Path, name: str) -> None:
+    """Into the test's tmp dir, and into $FFNN_SCREENSHOTS too when set (make screenshots)."""
+    driver.save_screenshot(str(tmp_path / name))
+    if os.environ.get("FFNN_SCREENSHOTS"):
+        Path(os.environ["FFNN_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / name, Path(os.environ["FFNN_SCREENSHOTS"]) / name)
+
+
 def wait_for(condition, what: str, timeout: float = 45) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -88,16 +100,16 @@ def test_mlflow_ui_shows_comparison_nested_runs_params_and_chart(store, browser,
         wait_for_text(browser, parent.info.run_name)
         _expand(browser, parent.info.run_name)  # child runs are nested under their comparison
         wait_for_text(browser, "C seed=0", "C seed=1", "D seed=0", "D seed=1")
-        browser.save_screenshot(str(tmp_path / "mlflow_experiment.png"))
+        screenshot(browser, tmp_path, "mlflow_experiment.png")
 
         browser.get(f"{url}/#/experiments/{exp}/runs/{child.info.run_id}")
         wait_for_text(browser, "D seed=1", "hidden_sizes", "100,100", "device", "cpu", parent.info.run_name)
-        browser.save_screenshot(str(tmp_path / "mlflow_run.png"))
+        screenshot(browser, tmp_path, "mlflow_run.png")
 
         browser.get(f"{url}/#/experiments/{exp}/runs/{child.info.run_id}/model-metrics")
         wait_for_text(browser, "test_accuracy", "train_loss")
         wait_for(lambda: len(browser.find_elements("css selector", ".js-plotly-plot")) >= 2, "metric charts drawn")
-        browser.save_screenshot(str(tmp_path / "mlflow_metrics.png"))
+        screenshot(browser, tmp_path, "mlflow_metrics.png")
 
 
 def _expand(driver, run_name: str, timeout: float = 20) -> None:
@@ -120,4 +132,4 @@ def test_html_report_renders_offline_with_plots(store, browser, tmp_path):
     images = browser.find_elements("tag name", "img")
     assert images and all(browser.execute_script("return arguments[0].naturalWidth", img) > 100 for img in images)
     assert browser.find_elements("tag name", "table")
-    browser.save_screenshot(str(tmp_path / "report.png"))
+    screenshot(browser, tmp_path, "report.png")

@@ -14,6 +14,8 @@ from ffnn.tracking import Tracker
 
 from conftest import cli_command
 
+pytestmark = pytest.mark.slow  # subprocesses and real signals: `make test-slow`
+
 MODELS, SEEDS = ["LR", "C", "D"], 3
 BUDGET = ["--iters", "600", "--eval-every", "200", "--batch-size", "20"]
 

@@ -1,0 +1,668 @@
+"""`tune`: one Optuna study per architecture family; every trial is a nested MLflow run.
+
+The only module that imports optuna. The objective is the accuracy on a fixed
+validation split held out from the training set (``data.split_validation``);
+the test set is dropped as soon as the data is loaded. Trials train in worker
+processes (or in this one, with one worker). This process alone writes to the
+Optuna storage and to MLflow: a worker sends each evaluation and waits for the
+prune decision, so N workers never race on either store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import re
+import signal
+import socket
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from . import data as data_mod
+from .compare import LOSS_STRIDE, TRAIN_THREADS, Progress, RunRow, compare, window_means
+from .config import CompareConfig, ConfigError, Family, TuneConfig, validate_train
+from .errors import Interrupted, UserError, deferring, ignore_interrupts, install_interrupt_handlers
+from .models import REGISTRY, ModelSpec, count_params
+from .tracking import TAG_KIND, Tracker, _pid_alive
+from .train import Diverged, EvalPoint, TrainConfig, device_name, resolve_device, train
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TAG_STUDY = "ffnn.study"  # the Optuna study name, on the study's parent run and on every trial run
+TAG_STATE = "ffnn.trial_state"  # COMPLETE, PRUNED or FAIL (Optuna's names); RUNNING meanwhile
+MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+CONFIG_ATTR = "ffnn_config"  # study user attr: what must stay the same for trials to be comparable
+
+
+class StorageError(UserError):
+    """The Optuna storage cannot be used."""
+
+
+# ---------------------------------------------------------------- search space
+def suggest(trial: optuna.Trial, family: Family) -> tuple[ModelSpec, float]:
+    """Sample a model and a learning rate; parameters are named after the structure (``n_units_l0``, ``lr``)."""
+    lo, hi = family.width
+    if family.shared_width and family.depth:
+        hidden = (trial.suggest_int("n_units", lo, hi, log=True),) * family.depth
+    else:
+        hidden = tuple(trial.suggest_int(f"n_units_l{i}", lo, hi, log=True) for i in range(family.depth))
+    lr = trial.suggest_float("lr", *family.lr, log=True)
+    return ModelSpec(hidden, family.activation if hidden else "none"), lr
+
+
+def spec_of(params: dict, family: Family) -> ModelSpec:
+    """The model that ``suggest`` built from these params: ``{"n_units_l0": 64, "lr": 0.1}`` -> 784-64-10."""
+    if "n_units" in params:
+        hidden = (int(params["n_units"]),) * family.depth
+    else:
+        hidden = tuple(int(params[f"n_units_l{i}"]) for i in range(family.depth))
+    return ModelSpec(hidden, family.activation if hidden else "none")
+
+
+# ---------------------------------------------------------------- one trial, in any process
+@dataclass(frozen=True)
+class TuneData:
+    """The training set cut in two; the test set is not kept."""
+
+    x_fit: torch.Tensor  # (N - val_size, 784) trained on
+    y_fit: torch.Tensor
+    x_val: torch.Tensor  # (val_size, 784) the objective
+    y_val: torch.Tensor
+
+
+def load_split(dataset: data_mod.DatasetSpec, data_dir: str, device: str, val_size: int, seed: int) -> TuneData:
+    ds = data_mod.load(dataset, data_dir, device=device, verify=False)
+    return TuneData(*data_mod.split_validation(ds.x_train, ds.y_train, val_size, seed))
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    number: int  # Optuna trial number
+    spec: ModelSpec
+    cfg: TrainConfig  # the trial's lr; the study's budget and seed
+
+
+@dataclass
+class Outcome:
+    state: str  # COMPLETE, PRUNED or FAIL (Optuna's names)
+    value: float = math.nan  # final validation accuracy, percent
+    seconds: float = 0.0  # training wall time, evaluations included
+    step: int = 0  # optimizer steps done
+    reason: str = ""  # why it diverged or failed; empty when the pruner stopped it
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss) not yet reported
+
+
+class _Prune(Exception):
+    pass
+
+
+def run_trial(job: TrialJob, data: TuneData, should_prune: Callable[[EvalPoint], bool]) -> Outcome:
+    """Train one trial; pruning, divergence and crashes come back as an Outcome, not as exceptions."""
+    start = time.perf_counter()
+    step = 0
+
+    def on_eval(point: EvalPoint) -> None:
+        nonlocal step
+        step = point.step
+        if should_prune(point):
+            raise _Prune
+
+    try:
+        res = train(job.spec, job.cfg, data.x_fit, data.y_fit, data.x_val, data.y_val, on_eval)
+    except _Prune:
+        return Outcome("PRUNED", seconds=time.perf_counter() - start, step=step)
+    except Diverged as e:
+        # Pruned rather than failed: TPE ranks pruned trials below every finished one but ignores
+        # failed ones, so this way it learns that the region diverges.
+        return Outcome("PRUNED", seconds=time.perf_counter() - start, step=e.step, reason=f"diverged: {e}",
+                       losses=e.losses)
+    except Interrupted:
+        raise
+    except Exception as e:  # a failed trial is recorded, the study goes on
+        return Outcome("FAIL", seconds=time.perf_counter() - start, step=step,
+                       reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
+    return Outcome("COMPLETE", res.accuracy, res.seconds, job.cfg.iters)
+
+
+def _worker(conn: Connection, dataset: data_mod.DatasetSpec, data_dir: str, device: str, val_size: int,
+            split_seed: int) -> None:
+    """A training process: load the data once, then train each job sent, asking before going on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    torch.set_num_threads(TRAIN_THREADS)
+    data = load_split(dataset, data_dir, device, val_size, split_seed)
+    while (job := conn.recv()) is not None:
+        def ask(point: EvalPoint, number: int = job.number) -> bool:
+            conn.send(("eval", number, point))
+            return conn.recv()
+        conn.send(("done", job.number, run_trial(job, data, ask)))
+
+
+# ---------------------------------------------------------------- storage
+def storage_label(url: str) -> str:
+    """The URL without its password, for tags and messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB URL (``sqlite:///...``, ``postgresql://...``), ``redis://...``, or a journal file path."""
+    try:
+        if url.startswith("redis://"):
+            from optuna.storages.journal import JournalRedisBackend
+            return optuna.storages.JournalStorage(JournalRedisBackend(url))
+        if "://" not in url:  # a journal file: safe for several processes appending at once
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        if not url.startswith("sqlite:///"):
+            return optuna.storages.RDBStorage(url)
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            try:
+                # another tune or optuna-dashboard may hold the lock for a moment: wait, do not fail
+                return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(1 + attempt)  # another process was creating the schema at this instant
+    except Exception as e:  # driver and connection errors come as many types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StorageError(f"Optuna storage {storage_label(url)!r} is unusable: {first}") from None
+
+
+def _fingerprint(cfg: TuneConfig, model: str) -> dict:
+    """What a study's trials share; a resume with other values would mix incomparable trials."""
+    t = cfg.train
+    return json.loads(json.dumps({
+        "family": asdict(cfg.families[model]), "dataset": cfg.dataset, "val_size": cfg.val_size,
+        "split_seed": cfg.split_seed, "batch_size": t.batch_size, "iters": t.iters, "eval_every": t.eval_every,
+        "seed": t.seed}))
+
+
+def make_sampler(cfg: TuneConfig, n_existing: int) -> optuna.samplers.BaseSampler:
+    # seeded by the history's length: a resumed study must not replay the first run's random points
+    seed = cfg.sampler_seed + n_existing
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: running trials count as bad guesses, so parallel workers spread out
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_steps)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.train.eval_every, max_resource=cfg.train.iters,
+                                              reduction_factor=cfg.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create the study or load it (``load_if_exists``); refuse a resume with another budget or space."""
+    name = cfg.name_of(model)
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise ConfigError(f"study {name!r} in {storage_label(cfg.storage)} minimizes; use another --study-name")
+    wanted = _fingerprint(cfg, model)
+    have = study.user_attrs.get(CONFIG_ATTR)
+    if have is None:
+        study.set_user_attr(CONFIG_ATTR, wanted)
+    elif have != wanted:
+        diff = [k for k in wanted if have.get(k) != wanted[k]]
+        k = diff[0] if diff else "config"
+        raise ConfigError(f"study {name!r} in {storage_label(cfg.storage)} was created with {k}={have.get(k)!r}, "
+                          f"not {wanted.get(k)!r}; use another --study-name, or the same settings to resume")
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner")
+        if owner and not _pid_alive(owner):  # its process is gone: it will never finish
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    n = len(study.get_trials(deepcopy=False))
+    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, n),
+                             pruner=make_pruner(cfg))
+
+
+def run_label(cfg: TuneConfig, model: str) -> str:
+    """``C`` for the default study name, else the study name: runs are named ``study C trial 12``."""
+    name = cfg.name_of(model)
+    return model if name == TuneConfig.study_name.format(model=model) else name
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ---------------------------------------------------------------- one study, driven from this process
+@dataclass
+class _Running:
+    trial: optuna.Trial
+    run_id: str
+    job: TrialJob
+    accuracy: float = math.nan  # the last validation accuracy reported
+
+
+@dataclass
+class StudySummary:
+    model: str  # family name
+    name: str  # Optuna study name
+    states: dict[str, int]  # every trial in the study, by state
+    finished_now: int  # trials this invocation finished
+    seconds: float  # this invocation's wall time on the study
+    best_number: int | None = None
+    best_value: float | None = None  # validation accuracy, percent
+    best_params: dict = field(default_factory=dict)
+    best_spec: ModelSpec | None = None
+    out: Path | None = None  # reports folder
+    files: list[Path] = field(default_factory=list)
+    parent_run_id: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trials_per_minute(self) -> float:
+        return 60.0 * self.finished_now / self.seconds if self.seconds > 0 else math.nan
+
+
+class _Study:
+    """One Optuna study and its MLflow parent run: asks, reports, tells, and logs every trial."""
+
+    def __init__(self, cfg: TuneConfig, model: str, study: optuna.Study, tracker: Tracker, exp_id: str,
+                 parent_id: str, device: torch.device, say: Callable[[str], None]):
+        self.cfg, self.model, self.study, self.tracker = cfg, model, study, tracker
+        self.exp_id, self.parent_id, self.device, self.say = exp_id, parent_id, device, say
+        self.family = cfg.families[model]
+        self.label = run_label(cfg, model)
+        self.running: dict[int, _Running] = {}
+        self.started = 0
+        self.finished = 0
+
+    @deferring  # ask, run and registration in one step that an interrupt cannot split
+    def start_trial(self) -> TrialJob:
+        trial = self.study.ask()
+        spec, lr = suggest(trial, self.family)
+        job = TrialJob(trial.number, spec, replace(self.cfg.train, lr=lr))
+        c = job.cfg
+        params = {"model": self.model, "activation": spec.activation_name, "hidden_sizes": spec.hidden_str,
+                  "lr": lr, "batch_size": c.batch_size, "iters": c.iters, "eval_every": c.eval_every,
+                  "seed": c.seed, "dataset": self.cfg.dataset, "device": self.device.type,
+                  "n_params": count_params(spec), "trial_number": trial.number,
+                  **{k: v for k, v in trial.params.items() if k != "lr"}}
+        run_id = self.tracker.start_run(
+            self.exp_id, f"study {self.label} trial {trial.number}", params,
+            tags={TAG_KIND: "trial", TAG_STUDY: self.study.study_name, TAG_STATE: "RUNNING",
+                  "ffnn.model": self.model, "ffnn.spec": spec.describe()},
+            parent_id=self.parent_id)
+        for k, v in {"owner": _owner(), "mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str}.items():
+            trial.set_user_attr(k, v)
+        self.running[trial.number] = _Running(trial, run_id, job)
+        self.started += 1
+        return job
+
+    @deferring
+    def report(self, number: int, point: EvalPoint) -> bool:
+        """Record one evaluation; True when the trial should stop."""
+        r = self.running[number]
+        r.accuracy = point.accuracy
+        r.trial.report(point.accuracy, point.step)
+        self.tracker.log_metrics(r.run_id, "val_accuracy", [(point.step, point.accuracy)])
+        self.tracker.log_metrics(r.run_id, "train_loss", window_means(point.losses, LOSS_STRIDE))
+        if point.step >= r.job.cfg.iters:
+            return False  # done anyway: a finished trial tells the sampler more than a pruned one
+        return r.trial.should_prune()
+
+    @deferring
+    def finish(self, number: int, outcome: Outcome) -> None:
+        r = self.running.pop(number)
+        self.finished += 1
+        if outcome.losses:
+            self.tracker.log_metrics(r.run_id, "train_loss", window_means(outcome.losses, LOSS_STRIDE))
+        tags = {TAG_STATE: outcome.state, "ffnn.stopped_step": str(outcome.step)}
+        if outcome.state == "PRUNED" and not outcome.reason:
+            outcome.reason = (f"pruned by {type(self.study.pruner).__name__} at iteration {outcome.step} "
+                              f"(validation accuracy {r.accuracy:.2f}%)")
+            tags["ffnn.pruned"] = outcome.reason
+            r.trial.set_user_attr("pruned", outcome.reason)
+        elif outcome.reason:
+            tags["ffnn.failure"] = outcome.reason
+            r.trial.set_user_attr("failure", outcome.reason)
+        self.tracker.log_values(r.run_id, {"train_seconds": outcome.seconds}, step=outcome.step)
+        if outcome.state == "COMPLETE":
+            self.tracker.log_values(r.run_id, {"final_val_accuracy": outcome.value}, step=outcome.step)
+            self.study.tell(r.trial, outcome.value)
+        else:
+            self.study.tell(r.trial, state=TrialState[outcome.state])
+        self.tracker.end_run(r.run_id, MLFLOW_STATUS[outcome.state], tags)
+        best = self._best()
+        if outcome.state == "COMPLETE":
+            self.tracker.log_values(self.parent_id, {"trial_val_accuracy": outcome.value}, step=number)
+            if best is not None:
+                self.tracker.log_values(self.parent_id, {"best_val_accuracy": best.value}, step=number)
+        what = (f"{outcome.value:.2f}% val" if outcome.state == "COMPLETE" else outcome.reason)
+        self.say(f"{self.label} trial {number}: {outcome.state} {what} | {r.job.spec.describe()}, "
+                 f"lr {r.job.cfg.lr:.3g}, {outcome.seconds:.1f}s"
+                 + (f" | best {best.value:.2f}% (trial {best.number})" if best is not None else ""))
+
+    def abort(self, status: str, reason: str) -> None:
+        """End the running trials: FAIL in Optuna, ``status`` in MLflow."""
+        for number, r in list(self.running.items()):
+            r.trial.set_user_attr("failure", reason)
+            self.study.tell(r.trial, state=TrialState.FAIL, skip_if_finished=True)
+            self.tracker.end_run(r.run_id, status, {TAG_STATE: "FAIL", "ffnn.failure": reason})
+            del self.running[number]
+
+    def _best(self) -> optuna.trial.FrozenTrial | None:
+        try:
+            return self.study.best_trial
+        except ValueError:  # no finished trial yet
+            return None
+
+
+# ---------------------------------------------------------------- where trials train
+class _Local:
+    """One worker: this process trains."""
+
+    def __init__(self, data: TuneData):
+        self.data = data
+
+    def run(self, st: _Study, more: Callable[[], bool]) -> None:
+        while more():
+            job = st.start_trial()
+            st.finish(job.number, run_trial(job, self.data, lambda p: st.report(job.number, p)))
+
+    def close(self, graceful: bool) -> None:
+        pass
+
+
+class _Processes:
+    """N training processes; this one asks, reports and tells for all of them."""
+
+    def __init__(self, n: int, args: tuple):
+        ctx = multiprocessing.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs: dict[Connection, multiprocessing.Process] = {}
+        for _ in range(n):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(theirs, *args), daemon=True)
+            proc.start()
+            theirs.close()
+            self.conns.append(mine)
+            self.procs[mine] = proc
+
+    def _died(self, st: _Study, conn: Connection, number: int) -> None:
+        proc = self.procs.pop(conn)
+        self.conns.remove(conn)
+        proc.join(timeout=5)
+        st.finish(number, Outcome("FAIL", reason=f"worker process died (exit code {proc.exitcode})"))
+        if not self.conns:
+            raise RuntimeError("every training process died; see the errors above")
+
+    def run(self, st: _Study, more: Callable[[], bool]) -> None:
+        idle = list(self.conns)
+        busy: dict[Connection, int] = {}
+        while True:
+            while idle and more():
+                job = st.start_trial()
+                conn = idle.pop()
+                try:
+                    conn.send(job)
+                except OSError:
+                    self._died(st, conn, job.number)
+                    continue
+                busy[conn] = job.number
+            if not busy:
+                return
+            for conn in wait(list(busy)):
+                try:
+                    kind, number, payload = conn.recv()
+                except (EOFError, OSError):
+                    self._died(st, conn, busy.pop(conn))
+                    continue
+                if kind == "eval":
+                    conn.send(st.report(number, payload))
+                else:
+                    del busy[conn]
+                    idle.append(conn)
+                    st.finish(number, payload)
+
+    def close(self, graceful: bool) -> None:
+        for conn, proc in self.procs.items():
+            try:
+                conn.send(None) if graceful else proc.terminate()
+            except OSError:
+                pass
+        for proc in self.procs.values():
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+
+
+def worker_count(requested: int, device: torch.device, n_trials: int) -> int:
+    if requested:
+        n = requested
+    elif device.type == "cuda":
+        n = 1
+    else:
+        n = os.cpu_count() or 1
+    return max(1, min(n, n_trials or 1))
+
+
+# ---------------------------------------------------------------- the command
+@dataclass
+class TuneResult:
+    studies: list[StudySummary]
+    storage: str  # label, password hidden
+    tracking_uri: str
+    workers: int
+    final: dict[str, list[RunRow]] = field(default_factory=dict)  # model name (C, C*) -> comparison rows
+
+
+def tune(cfg: TuneConfig, data_dir: str, data_source: str | None, tracking_uri: str | None,
+         progress: Callable[[str], None] | None = None, compare_progress: Progress | None = None) -> TuneResult:
+    """Run ``cfg.n_trials`` more trials of each family's study; then, with ``cfg.final``, retrain the best."""
+    say = progress or (lambda msg: None)
+    device = resolve_device(cfg.device)
+    spec = data_mod.get_spec(cfg.dataset)
+    folder = data_mod.prepare(spec, data_dir, data_source)
+    n_train = data_mod.count_examples(folder)
+    if cfg.val_size >= n_train:
+        raise ConfigError(f"val_size ({cfg.val_size}) must be smaller than the training set ({n_train})")
+    validate_train(cfg.train, n_train - cfg.val_size)
+    storage = open_storage(cfg.storage)
+    tracker = Tracker.open(tracking_uri)
+    exp_id = tracker.experiment_id(cfg.experiment)
+    tracker.fail_orphans(exp_id)
+    workers = worker_count(cfg.workers, device, cfg.n_trials)
+    context = {"spec": spec, "folder": folder, "n_train": n_train,
+               "n_test": data_mod.count_examples(folder, "t10k-labels-idx1-ubyte")}
+
+    result = TuneResult([], storage_label(cfg.storage), tracker.uri, workers)
+    pool: _Local | _Processes | None = None
+    old_handlers = install_interrupt_handlers()
+    graceful = False
+    try:
+        if cfg.n_trials:
+            say(f"{workers} training process{'es' if workers > 1 else ''} on {device_name(device)}; "
+                f"validation: {cfg.val_size} of {n_train} training images; storage {result.storage}")
+            if workers == 1:
+                torch.set_num_threads(TRAIN_THREADS)
+                pool = _Local(load_split(spec, data_dir, device.type, cfg.val_size, cfg.split_seed))
+            else:
+                pool = _Processes(workers, (spec, data_dir, device.type, cfg.val_size, cfg.split_seed))
+        for model in cfg.models:
+            result.studies.append(_run_study(cfg, model, storage, tracker, exp_id, device, pool, context, say))
+        graceful = True
+    finally:
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
+        if pool is not None:
+            pool.close(graceful)
+    if cfg.final:
+        result.final = final_runs(cfg, result.studies, data_dir, data_source, tracking_uri, say, compare_progress)
+    return result
+
+
+def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage, tracker: Tracker, exp_id: str,
+               device: torch.device, pool: _Local | _Processes | None, context: dict,
+               say: Callable[[str], None]) -> StudySummary:
+    study = open_study(cfg, model, storage)
+    name = study.study_name
+    parent_id = _parent_run(cfg, model, name, tracker, exp_id, device, context)
+    tracker.set_tags(parent_id, {"ffnn.sampler": cfg.sampler, "ffnn.pruner": cfg.pruner,
+                                 "ffnn.n_trials_requested": str(cfg.n_trials), "ffnn.device_name": device_name(device),
+                                 "ffnn.optuna_version": optuna.__version__})
+    st = _Study(cfg, model, study, tracker, exp_id, parent_id, device, say)
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    say(f"study {name!r}: {before} trials so far; running {cfg.n_trials} more"
+        + (f" (at most {cfg.timeout:g}s)" if cfg.timeout else ""))
+    start = time.monotonic()
+
+    def more() -> bool:
+        return st.started < cfg.n_trials and (cfg.timeout is None or time.monotonic() - start < cfg.timeout)
+
+    try:
+        if pool is not None:
+            pool.run(st, more)
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
+        with ignore_interrupts():  # a second Ctrl-C must not cut the clean-up short
+            st.abort(status, f"interrupted ({e or 'SIGINT'})" if status == "KILLED" else "tune crashed")
+            tracker.end_run(parent_id, status)
+        raise
+    seconds = time.monotonic() - start
+    summary = _summarize(cfg, model, study, st.finished, seconds, parent_id)
+    summary.files, notes = write_outputs(study, summary, Path(cfg.reports_dir) / name, cfg)
+    summary.notes.extend(notes)
+    summary.out = Path(cfg.reports_dir) / name
+    tracker.log_paths(parent_id, summary.files)
+    counts = summary.states
+    tracker.log_values(parent_id, {"n_complete": counts.get("COMPLETE", 0), "n_pruned": counts.get("PRUNED", 0),
+                                   "n_fail": counts.get("FAIL", 0), "trials_per_minute": summary.trials_per_minute},
+                       step=sum(counts.values()))
+    tracker.end_run(parent_id, "FINISHED")
+    return summary
+
+
+def _parent_run(cfg: TuneConfig, model: str, name: str, tracker: Tracker, exp_id: str, device: torch.device,
+                context: dict) -> str:
+    """The study's one MLflow parent run: created on the first invocation, reopened by later ones."""
+    keys = {TAG_KIND: "study", TAG_STUDY: name, "ffnn.storage": storage_label(cfg.storage)}
+    found = tracker.find_runs(exp_id, keys)
+    if found:
+        tracker.reopen_run(found[0])
+        return found[0]
+    fam, t = cfg.families[model], cfg.train
+    spec = context["spec"]
+    params = {"model": model, "activation": fam.activation if fam.depth else "none", "depth": fam.depth,
+              "width_min": fam.width[0], "width_max": fam.width[1], "shared_width": fam.shared_width,
+              "lr_min": fam.lr[0], "lr_max": fam.lr[1], "batch_size": t.batch_size, "iters": t.iters,
+              "eval_every": t.eval_every, "seed": t.seed, "dataset": cfg.dataset, "val_size": cfg.val_size,
+              "split_seed": cfg.split_seed, "study_name": name, "storage": storage_label(cfg.storage)}
+    run_id = tracker.start_run(
+        exp_id, f"study {run_label(cfg, model)}", params,
+        tags={**keys, "ffnn.model": model, "ffnn.torch_version": torch.__version__,
+              "ffnn.dataset_sha256": spec.digest},
+        description=(f"Optuna study {name!r} ({storage_label(cfg.storage)}): {fam.depth} hidden "
+                     f"{fam.activation} layer(s) of {fam.width[0]}-{fam.width[1]} units, lr {fam.lr[0]:g}-"
+                     f"{fam.lr[1]:g}, {t.iters} steps of {t.batch_size}; objective: accuracy on {cfg.val_size} "
+                     f"training images held out (never the test set). Each child run is one trial."))
+    oldest = tracker.find_runs(exp_id, keys)[0]
+    if oldest != run_id:  # another invocation created one at the same moment: both keep the older
+        tracker.delete_run(run_id)
+        tracker.reopen_run(oldest)
+        return oldest
+    tracker.log_dataset(run_id, cfg.dataset, spec.digest, str(context["folder"].resolve()), context["n_train"],
+                        context["n_test"], context="tuning")
+    return run_id
+
+
+def _summarize(cfg: TuneConfig, model: str, study: optuna.Study, finished: int, seconds: float,
+               parent_id: str) -> StudySummary:
+    trials = study.get_trials(deepcopy=False)
+    s = StudySummary(model, study.study_name, dict(Counter(t.state.name for t in trials)), finished, seconds,
+                     parent_run_id=parent_id)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        s.best_number, s.best_value, s.best_params = best.number, best.value, dict(best.params)
+        s.best_spec = spec_of(best.params, cfg.families[model])
+    return s
+
+
+PLOTS = {
+    "optimization history": "plot_optimization_history",
+    "parameter importances (fANOVA)": "plot_param_importances",
+    "parallel coordinates": "plot_parallel_coordinate",
+    "intermediate values (validation accuracy by iteration)": "plot_intermediate_values",
+}
+
+
+def write_outputs(study: optuna.Study, s: StudySummary, out: Path, cfg: TuneConfig) -> tuple[list[Path], list[str]]:
+    """best_params.json, trials.csv and plots.html: Optuna's four plots on one page, plotly.js inside, so it
+    opens offline and in MLflow's artifact view (a sandboxed blob that cannot load a script beside it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files, notes = [], []
+    best = {"study": s.name, "storage": storage_label(cfg.storage), "model": s.model,
+            "trials": s.states, "best_trial": s.best_number, "val_accuracy": s.best_value, "params": s.best_params,
+            "hidden_sizes": s.best_spec.hidden_str if s.best_spec else None,
+            "spec": s.best_spec.describe() if s.best_spec else None,
+            "train": {k: v for k, v in cfg.train.as_dict().items() if k != "lr"},
+            "val_size": cfg.val_size, "split_seed": cfg.split_seed, "dataset": cfg.dataset}
+    (out / "best_params.json").write_text(json.dumps(best, indent=2) + "\n")
+    files.append(out / "best_params.json")
+    if not study.get_trials(deepcopy=False):
+        return files, notes
+    study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+    files.append(out / "trials.csv")
+
+    import optuna.visualization as vis
+    from plotly.offline import get_plotlyjs
+    sections = []
+    for title, fn in PLOTS.items():
+        kwargs = {"evaluator": optuna.importance.FanovaImportanceEvaluator(seed=0)} if "importances" in title else {}
+        try:
+            fig = getattr(vis, fn)(study, **kwargs)
+        except Exception as e:  # too few trials for this plot, say; the others still come
+            notes.append(f"{title} plot skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            continue
+        sections.append(f"<h2>{title}</h2>\n" + fig.to_html(full_html=False, include_plotlyjs=False))
+    if sections:
+        head = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>study {s.name}</title>"
+                f"<script>{get_plotlyjs()}</script></head><body>\n<h1>Optuna study {s.name}</h1>\n")
+        (out / "plots.html").write_text(head + "\n".join(sections) + "\n</body></html>\n")
+        files.append(out / "plots.html")
+    return files, notes
+
+
+def final_runs(cfg: TuneConfig, studies: list[StudySummary], data_dir: str, data_source: str | None,
+               tracking_uri: str | None, say: Callable[[str], None],
+               compare_progress: Progress | None) -> dict[str, list[RunRow]]:
+    """Each best configuration (as ``C*``) and its tutorial model (``C``) over ``cfg.seeds`` seeds, on the full
+    training set and the test set, as ordinary comparison runs; finished ones are skipped."""
+    tuned = [s for s in studies if s.best_spec is not None]
+    for s in studies:
+        if s.best_spec is None:
+            say(f"study {s.name!r} has no finished trial: nothing to retrain")
+    # the untuned baselines with the tutorial's lr, unless `compare` has them already; then one
+    # comparison per tuned model, since each has its own lr
+    baselines = tuple(s.model for s in tuned if s.model in REGISTRY)
+    calls = [(baselines, replace(cfg.train, lr=TrainConfig.lr, seed=0), {})] if baselines else []
+    calls += [((f"{s.model}*",), replace(cfg.train, lr=float(s.best_params["lr"]), seed=0),
+               {f"{s.model}*": s.best_spec}) for s in tuned]
+    rows: dict[str, list[RunRow]] = {}
+    for models, train_cfg, extra in calls:
+        ccfg = CompareConfig(experiment=cfg.final_experiment, dataset=cfg.dataset, models=models,
+                             seeds=cfg.seeds, train=train_cfg, specs={**REGISTRY, **extra}, device=cfg.device,
+                             workers=cfg.workers)
+        say(f"final: {', '.join(f'{m} ({ccfg.spec(m).describe()})' for m in models)}, lr {train_cfg.lr:g}, "
+            f"x{cfg.seeds} seeds -> experiment {cfg.final_experiment!r}")
+        found, _, _ = compare(ccfg, data_dir, data_source, tracking_uri, compare_progress)
+        for m in models:
+            rows[m] = [r for r in found if r.model == m]
+    return dict(sorted(rows.items(), key=lambda kv: (kv[0].rstrip("*"), kv[0])))
