@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,17 @@ def _pid_alive(owner: str) -> bool:
     return True
 
 
+def _probe_server(uri: str, timeout: float = 10) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answers; the real request will say what is wrong
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"tracking URI {uri!r} is unreachable: {reason}") from None
+
+
 @contextlib.contextmanager
 def _init_lock(db: Path | None):
     if db is None:
@@ -145,6 +157,8 @@ class Tracker:
                     db.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as e:
                     raise TrackingError(f"tracking URI {uri!r}: cannot create {db.parent} ({e.strerror})") from None
+        if uri.startswith(("http://", "https://")):
+            _probe_server(uri)  # MLflow's client retries an unreachable server for minutes
         try:
             # Opening a new SQLite store creates its tables; two processes doing that at
             # once corrupt it, so opening holds a lock file beside the database.

@@ -41,8 +41,36 @@ def store(tmp_path_factory):
                      "--iters", "40", "--eval-every", "20", "--batch-size", "20", "--workers", "1",
                      "--no-report"]) == 0
     assert cli.main(["report", "--tracking-uri", uri, "--experiment", "browse", "--out", str(tmp / "report")]) == 0
+    (tmp / "tune.toml").write_text(f"""
+experiment = "browse-tune"
+dataset = "tiny"
+models = ["C"]
+n_trials = 3
+val_size = 100
+startup_trials = 2
+workers = 1
+reports_dir = "{tmp / 'tune-reports'}"
+[train]
+batch_size = 20
+iters = 30
+eval_every = 10
+[families.C]
+activation = "relu"
+depth = 1
+width = [4, 32]
+lr = [0.05, 1.0]
+""")
+    assert cli.main(["tune", "--config", str(tmp / "tune.toml"), *common,
+                     "--storage", f"sqlite:///{tmp}/mlruns/optuna.db"]) == 0
     yield {"tmp": tmp, "uri": uri}
     data.DATASETS.pop("tiny", None)
+
+
+@pytest.fixture(scope="module")
+def ui(store):
+    """The MLflow UI on the test store, as `ffnn ui` starts it."""
+    with ui_server(store["uri"], 0, log=store["tmp"] / "ui.log") as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -90,26 +118,26 @@ def wait_for_text(driver, *texts, timeout=45):
     raise AssertionError(f"page never showed {missing}; it showed: {body[:800]!r}")
 
 
-def test_mlflow_ui_shows_comparison_nested_runs_params_and_chart(store, browser, tmp_path):
+def test_mlflow_ui_shows_comparison_nested_runs_params_and_chart(store, ui, browser, tmp_path):
     tracker = Tracker.open(store["uri"])
     exp = tracker.experiment_id("browse", create=False)
     parent = tracker.search(exp, "tags.`ffnn.kind` = 'comparison'")[0]
     child = next(r for r in tracker.search(exp, "tags.`ffnn.kind` = 'run'") if r.info.run_name == "D seed=1")
-    with ui_server(store["uri"], 0, log=tmp_path / "ui.log") as (url, _):
-        browser.get(f"{url}/#/experiments/{exp}/runs")
-        wait_for_text(browser, parent.info.run_name)
-        _expand(browser, parent.info.run_name)  # child runs are nested under their comparison
-        wait_for_text(browser, "C seed=0", "C seed=1", "D seed=0", "D seed=1")
-        screenshot(browser, tmp_path, "mlflow_experiment.png")
+    url = ui
+    browser.get(f"{url}/#/experiments/{exp}/runs")
+    wait_for_text(browser, parent.info.run_name)
+    _expand(browser, parent.info.run_name)  # child runs are nested under their comparison
+    wait_for_text(browser, "C seed=0", "C seed=1", "D seed=0", "D seed=1")
+    screenshot(browser, tmp_path, "mlflow_experiment.png")
 
-        browser.get(f"{url}/#/experiments/{exp}/runs/{child.info.run_id}")
-        wait_for_text(browser, "D seed=1", "hidden_sizes", "100,100", "device", "cpu", parent.info.run_name)
-        screenshot(browser, tmp_path, "mlflow_run.png")
+    browser.get(f"{url}/#/experiments/{exp}/runs/{child.info.run_id}")
+    wait_for_text(browser, "D seed=1", "hidden_sizes", "100,100", "device", "cpu", parent.info.run_name)
+    screenshot(browser, tmp_path, "mlflow_run.png")
 
-        browser.get(f"{url}/#/experiments/{exp}/runs/{child.info.run_id}/model-metrics")
-        wait_for_text(browser, "test_accuracy", "train_loss")
-        wait_for(lambda: len(browser.find_elements("css selector", ".js-plotly-plot")) >= 2, "metric charts drawn")
-        screenshot(browser, tmp_path, "mlflow_metrics.png")
+    browser.get(f"{url}/#/experiments/{exp}/runs/{child.info.run_id}/model-metrics")
+    wait_for_text(browser, "test_accuracy", "train_loss")
+    wait_for(lambda: len(browser.find_elements("css selector", ".js-plotly-plot")) >= 2, "metric charts drawn")
+    screenshot(browser, tmp_path, "mlflow_metrics.png")
 
 
 def _expand(driver, run_name: str, timeout: float = 20) -> None:
@@ -123,6 +151,20 @@ def _expand(driver, run_name: str, timeout: float = 20) -> None:
                 return
         time.sleep(0.5)
     raise AssertionError(f"no expand toggle beside run {run_name!r}")
+
+
+def test_mlflow_ui_shows_a_study_with_nested_trials(store, ui, browser, tmp_path):
+    tracker = Tracker.open(store["uri"])
+    exp = tracker.experiment_id("browse-tune", create=False)
+    study = tracker.search(exp, "tags.`ffnn.kind` = 'study'")[0]
+    trials = sorted(r.info.run_name for r in tracker.search(exp, "tags.`ffnn.kind` = 'trial'"))
+    assert len(trials) == 3
+    url = ui
+    browser.get(f"{url}/#/experiments/{exp}/runs")
+    wait_for_text(browser, study.info.run_name)
+    _expand(browser, study.info.run_name)
+    wait_for_text(browser, *trials)
+    screenshot(browser, tmp_path, "mlflow_study.png")
 
 
 def test_html_report_renders_offline_with_plots(store, browser, tmp_path):

@@ -1,0 +1,125 @@
+"""Every bad input: one clear line naming the problem, exit status 2, and the MLflow store untouched."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from ffnn import cli
+
+BUDGET = ["--iters", "30", "--eval-every", "10", "--batch-size", "20", "--seeds", "1", "--models", "C"]
+
+TUNE_TOML = """
+experiment = "t"
+dataset = "tiny"
+models = ["C"]
+n_trials = 1
+val_size = 100
+[train]
+batch_size = 20
+iters = 30
+eval_every = 10
+[families.C]
+activation = "relu"
+depth = 1
+width = [4, 32]
+lr = [0.05, 1.0]
+"""
+
+
+def experiment_file(tmp_path, text: str) -> list[str]:
+    path = tmp_path / "exp.toml"
+    path.write_text(text)
+    return ["--config", str(path)]
+
+
+def corrupt_data_dir(tmp_path) -> list[str]:
+    from ffnn import data
+    folder = data.prepare(data.DATASETS["tiny"], tmp_path / "data")
+    labels = folder / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-1] + b"\x09")
+    return []
+
+
+def no_source(tmp_path) -> list[str]:
+    (tmp_path / "mirror").rename(tmp_path / "elsewhere")
+    return []
+
+
+CASES = [
+    # (id, extra argv or a function of tmp_path giving it, expected words in the message)
+    ("malformed-toml", lambda t: experiment_file(t, "seeds = 2\nmodels = = 3\n"), ["malformed TOML", "line 2"]),
+    ("unknown-key", lambda t: experiment_file(t, "modles = ['C']\n"), ["unknown key 'modles'"]),
+    ("unknown-train-key", lambda t: experiment_file(t, "[train]\nlearning_rate = 0.1\n"),
+     ["train", "unknown key 'learning_rate'"]),
+    ("unknown-model", ["--models", "C,Z"], ["unknown model 'Z'", "known: LR, A, B, C, D, E"]),
+    ("width-zero", lambda t: experiment_file(t, "[specs.W]\nhidden = [0]\n") + ["--models", "W"],
+     ["specs.W.hidden", "positive integer", "0"]),
+    ("width-not-integer", lambda t: experiment_file(t, "[specs.W]\nhidden = [12.5]\n") + ["--models", "W"],
+     ["specs.W.hidden", "positive integer", "12.5"]),
+    ("unknown-activation", lambda t: experiment_file(t, "[specs.W]\nhidden = [10]\nactivation = 'swish'\n")
+     + ["--models", "W"], ["unknown activation 'swish'"]),
+    ("lr-zero", ["--lr", "0"], ["lr must be a number > 0", "0"]),
+    ("lr-negative", ["--lr", "-0.1"], ["lr must be a number > 0", "-0.1"]),
+    ("batch-size-zero", ["--batch-size", "0"], ["batch_size must be >= 1"]),
+    ("batch-size-too-large", ["--batch-size", "601"], ["batch_size (601)", "larger than the training set (600)"]),
+    ("iters-zero", ["--iters", "0"], ["iters must be >= 1"]),
+    ("eval-every-past-iters", ["--eval-every", "31"], ["eval_every (31) must not exceed iters (30)"]),
+    ("seeds-zero", ["--seeds", "0"], ["seeds must be >= 1"]),
+    ("unknown-dataset", ["--dataset", "cifar"], ["unknown dataset 'cifar'", "mnist"]),
+    ("missing-data-no-source", no_source, ["missing", "--data-source"]),
+    ("wrong-checksum", corrupt_data_dir, ["train-labels-idx1-ubyte", "expected SHA-256"]),
+    ("tracking-uri-malformed", ["--tracking-uri", "bogus://x"], ["tracking URI 'bogus://x'"]),
+    ("tracking-uri-unreachable", ["--tracking-uri", "http://127.0.0.1:9"],
+     ["tracking URI 'http://127.0.0.1:9' is unreachable"]),
+    ("device-cuda-without-gpu", ["--device", "cuda"], ["--device cuda", "no CUDA GPU"]),
+]
+
+
+def store_state(path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+@pytest.mark.parametrize("argv, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_compare_bad_input(tiny, tmp_path, capsys, argv, words):
+    import torch
+    extra = argv(tmp_path) if callable(argv) else argv
+    if "--device" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    db = tmp_path / "mlruns" / "mlflow.db"
+    before = store_state(db)
+    base = ["compare", "--dataset", "tiny", "--data-dir", str(tmp_path / "data"),
+            "--tracking-uri", f"sqlite:///{db}", "--no-report", *BUDGET]
+    assert cli.main(base + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err
+    assert store_state(db) == before  # nothing created, nothing changed
+
+
+@pytest.mark.parametrize("storage, words", [
+    ("bogus://nowhere", ["storage", "bogus://nowhere"]),
+    ("postgresql://nobody@127.0.0.1:9/optuna", ["storage", "postgresql://nobody@127.0.0.1:9/optuna"]),
+])
+def test_tune_bad_storage(tiny, tmp_path, capsys, storage, words):
+    (tmp_path / "tune.toml").write_text(TUNE_TOML)
+    db = tmp_path / "mlruns" / "mlflow.db"
+    argv = ["tune", "--config", str(tmp_path / "tune.toml"), "--data-dir", str(tmp_path / "data"),
+            "--tracking-uri", f"sqlite:///{db}", "--storage", storage]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err
+    assert not db.exists()
+
+
+def test_tune_unknown_key_in_file(tiny, tmp_path, capsys):
+    (tmp_path / "tune.toml").write_text(TUNE_TOML + "\n[families.C2]\nactivation = 'relu'\ndepht = 2\n")
+    argv = ["tune", "--config", str(tmp_path / "tune.toml"), "--data-dir", str(tmp_path / "data"),
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "depht" in err and len(err.splitlines()) == 1
