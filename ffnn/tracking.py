@@ -96,7 +96,7 @@ def run_key(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _pid_alive(owner: str) -> bool:
+def pid_alive(owner: str) -> bool:
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # someone else's machine: cannot tell, leave it
@@ -261,7 +261,7 @@ class Tracker:
             if r.info.run_id == run_id:
                 continue
             if r.info.status == "FINISHED" or (
-                    r.info.status == "RUNNING" and _pid_alive(r.data.tags.get(TAG_OWNER, ""))
+                    r.info.status == "RUNNING" and pid_alive(r.data.tags.get(TAG_OWNER, ""))
                     and (r.info.start_time, r.info.run_id) < rank):
                 self.client.delete_run(run_id)
                 return False
@@ -272,7 +272,7 @@ class Tracker:
         n = 0
         for r in self.search(experiment_id, "attributes.status = 'RUNNING'"):
             owner = r.data.tags.get(TAG_OWNER)
-            if owner and not _pid_alive(owner):
+            if owner and not pid_alive(owner):
                 self.end_run(r.info.run_id, "FAILED", {"ffnn.failure": "process ended without closing the run"})
                 n += 1
         return n

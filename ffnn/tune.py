@@ -33,7 +33,7 @@ from .compare import LOSS_STRIDE, TRAIN_THREADS, Progress, RunRow, compare, wind
 from .config import CompareConfig, ConfigError, Family, TuneConfig, validate_train
 from .errors import Interrupted, UserError, deferring, ignore_interrupts, install_interrupt_handlers
 from .models import REGISTRY, ModelSpec, count_params
-from .tracking import TAG_KIND, Tracker, _pid_alive
+from .tracking import TAG_KIND, Tracker, pid_alive
 from .train import Diverged, EvalPoint, TrainConfig, device_name, resolve_device, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -223,7 +223,7 @@ def open_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
                           f"not {wanted.get(k)!r}; use another --study-name, or the same settings to resume")
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get("owner")
-        if owner and not _pid_alive(owner):  # its process is gone: it will never finish
+        if owner and not pid_alive(owner):  # its process is gone: it will never finish
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     n = len(study.get_trials(deepcopy=False))
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, n),
