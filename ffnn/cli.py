@@ -167,11 +167,7 @@ def cmd_compare(args) -> int:
     print_table(rows, cfg)
     print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {tracker.uri}  (make ui to browse)")
     if not args.no_report:
-        from .report import ReportConfig, make_report
-        try:
-            print_report(make_report(ReportConfig(experiments=(cfg.experiment,)), tracker.uri))
-        except UserError as e:
-            print(f"report skipped: {e}", file=sys.stderr)
+        report_after(cfg.experiment, tracker.uri)
     return 0
 
 
@@ -197,6 +193,15 @@ def print_report(report) -> None:
         names = " ".join(p.name for p in report.files)
         logged = f"; logged to run {report.parent_run_id} (artifacts report/)" if report.parent_run_id else ""
         print(f"files in {report.out}/: {names}{logged}")
+
+
+def report_after(experiment: str, tracking_uri: str) -> None:
+    """The report at the end of a command that trained: a problem with it does not fail the command."""
+    from .report import ReportConfig, make_report
+    try:
+        print_report(make_report(ReportConfig(experiments=(experiment,)), tracking_uri))
+    except UserError as e:
+        print(f"report skipped: {e}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -249,11 +254,7 @@ def cmd_tune(args) -> int:
             spec = next(s.best_spec for s in res.studies if s.model == name.rstrip("*")) if name.endswith("*") \
                 else None
             print(f"{name:<6} {(spec.describe() if spec else 'tutorial'):<28} {len(acc):>5} {_fmt(acc):>20}")
-        from .report import ReportConfig, make_report
-        try:
-            print_report(make_report(ReportConfig(experiments=(cfg.final_experiment,)), res.tracking_uri))
-        except UserError as e:
-            print(f"report skipped: {e}", file=sys.stderr)
+        report_after(cfg.final_experiment, res.tracking_uri)
     return 0
 
 

@@ -84,3 +84,24 @@ def cli_command(spec: data.DatasetSpec, *argv: str) -> list[str]:
     import json
     import sys
     return [sys.executable, "-c", _CLI_WITH_DATASET, json.dumps(dataclasses.asdict(spec)), *argv]
+
+
+def tune_toml(experiment: str, n_trials: int, extra: str = "") -> str:
+    """A tune file for model C on the tiny dataset with a 30-step budget."""
+    return f"""
+experiment = "{experiment}"
+dataset = "tiny"
+models = ["C"]
+n_trials = {n_trials}
+val_size = 100
+{extra}
+[train]
+batch_size = 20
+iters = 30
+eval_every = 10
+[families.C]
+activation = "relu"
+depth = 1
+width = [4, 32]
+lr = [0.05, 1.0]
+"""

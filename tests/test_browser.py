@@ -28,7 +28,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A tiny compare, its report, and a tiny tune, in one temporary store."""
-    from conftest import write_tiny_mirror
+    from conftest import tune_toml, write_tiny_mirror
     from ffnn import data
 
     tmp = tmp_path_factory.mktemp("browser")
@@ -41,26 +41,9 @@ def store(tmp_path_factory):
                      "--iters", "40", "--eval-every", "20", "--batch-size", "20", "--workers", "1",
                      "--no-report"]) == 0
     assert cli.main(["report", "--tracking-uri", uri, "--experiment", "browse", "--out", str(tmp / "report")]) == 0
-    (tmp / "tune.toml").write_text(f"""
-experiment = "browse-tune"
-dataset = "tiny"
-models = ["C"]
-n_trials = 3
-val_size = 100
-startup_trials = 2
-workers = 1
-reports_dir = "{tmp / 'tune-reports'}"
-[train]
-batch_size = 20
-iters = 30
-eval_every = 10
-[families.C]
-activation = "relu"
-depth = 1
-width = [4, 32]
-lr = [0.05, 1.0]
-""")
-    assert cli.main(["tune", "--config", str(tmp / "tune.toml"), *common,
+    (tmp / "tune.toml").write_text(tune_toml("browse-tune", 3, f"startup_trials = 2\nworkers = 1\n"
+                                                              f"reports_dir = '{tmp / 'tune-reports'}'"))
+    assert cli.main(["tune", "--config", str(tmp / "tune.toml"), *common[2:],  # the file names the dataset
                      "--storage", f"sqlite:///{tmp}/mlruns/optuna.db"]) == 0
     yield {"tmp": tmp, "uri": uri}
     data.DATASETS.pop("tiny", None)

@@ -5,27 +5,13 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from conftest import tune_toml
 
 from ffnn import cli
 
 BUDGET = ["--iters", "30", "--eval-every", "10", "--batch-size", "20", "--seeds", "1", "--models", "C"]
 
-TUNE_TOML = """
-experiment = "t"
-dataset = "tiny"
-models = ["C"]
-n_trials = 1
-val_size = 100
-[train]
-batch_size = 20
-iters = 30
-eval_every = 10
-[families.C]
-activation = "relu"
-depth = 1
-width = [4, 32]
-lr = [0.05, 1.0]
-"""
+TUNE_TOML = tune_toml("t", 1)
 
 
 def experiment_file(tmp_path, text: str) -> list[str]:
