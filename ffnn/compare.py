@@ -14,6 +14,7 @@ import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -142,16 +143,17 @@ def compare(cfg: CompareConfig, data_dir: str, data_source: str | None, tracking
     say = progress or (lambda msg, res: None)
     say(f"{len(all_jobs) - len(todo)} of {len(all_jobs)} runs already finished; training {len(todo)}", None)
     if todo:
-        _train_jobs(cfg, todo, spec, device, data_dir, tracker, exp_id, say)
+        _train_jobs(cfg, todo, spec, folder, device, data_dir, tracker, exp_id, say)
     return _rows(tracker, exp_id, all_jobs, cfg.dataset), tracker, exp_id
 
 
-def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec, device: torch.device,
-                data_dir: str, tracker: Tracker, exp_id: str, say: Progress) -> None:
+def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec, folder: Path,
+                device: torch.device, data_dir: str, tracker: Tracker, exp_id: str, say: Progress) -> None:
+    """``folder`` holds the verified raw files that ``prepare`` returned."""
     workers = worker_count(cfg, device, len(todo))
-    source = str(data_mod.raw_dir(spec, data_dir).resolve())
-    n_train = data_mod.count_examples(data_mod.raw_dir(spec, data_dir))
-    n_test = data_mod.count_examples(data_mod.raw_dir(spec, data_dir), "t10k-labels-idx1-ubyte")
+    source = str(folder.resolve())
+    n_train = data_mod.count_examples(folder)
+    n_test = data_mod.count_examples(folder, "t10k-labels-idx1-ubyte")
     dev_name = device_name(device)
     common_tags = {"ffnn.device_name": dev_name, "ffnn.torch_version": torch.__version__,
                    "ffnn.dataset_sha256": spec.digest}

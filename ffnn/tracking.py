@@ -35,8 +35,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+
 from .errors import UserError, deferring
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_GIT_COMMIT
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG_KIND = "ffnn.kind"  # "comparison" (parent), "run" (child), "study", "trial"
@@ -94,6 +95,11 @@ def git_commit() -> str:
 def run_key(values: dict[str, Any]) -> str:
     """A stable hash of what determines a run's result."""
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def owner() -> str:
+    """``host:pid`` of this process, as recorded on the runs and trials it opens."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def pid_alive(owner: str) -> bool:
@@ -193,7 +199,7 @@ class Tracker:
     # runs ------------------------------------------------------------------
     def start_run(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, str],
                   parent_id: str | None = None, description: str | None = None) -> str:
-        tags = {**tags, TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
+        tags = {**tags, TAG_OWNER: owner(),
                 MLFLOW_GIT_COMMIT: git_commit(), "ffnn.git_commit": git_commit()}
         if parent_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_id
@@ -313,7 +319,7 @@ class Tracker:
 
     def reopen_run(self, run_id: str) -> None:
         """Set an ended run RUNNING again, owned by this process: a resumed study keeps its one parent run."""
-        self.set_tags(run_id, {TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}"})
+        self.set_tags(run_id, {TAG_OWNER: owner()})
         self.client.update_run(run_id, status="RUNNING")
 
 

@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import re
 import signal
-import socket
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +32,7 @@ from .compare import LOSS_STRIDE, TRAIN_THREADS, Progress, RunRow, compare, wind
 from .config import CompareConfig, ConfigError, Family, TuneConfig, validate_train
 from .errors import Interrupted, UserError, deferring, ignore_interrupts, install_interrupt_handlers
 from .models import REGISTRY, ModelSpec, count_params
-from .tracking import TAG_KIND, Tracker, pid_alive
+from .tracking import TAG_KIND, Tracker, owner, pid_alive
 from .train import Diverged, EvalPoint, TrainConfig, device_name, resolve_device, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -236,10 +235,6 @@ def run_label(cfg: TuneConfig, model: str) -> str:
     return model if name == TuneConfig.study_name.format(model=model) else name
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 # ---------------------------------------------------------------- one study, driven from this process
 @dataclass
 class _Running:
@@ -299,7 +294,7 @@ class _Study:
             tags={TAG_KIND: "trial", TAG_STUDY: self.study.study_name, TAG_STATE: "RUNNING",
                   "ffnn.model": self.model, "ffnn.spec": spec.describe()},
             parent_id=self.parent_id)
-        for k, v in {"owner": _owner(), "mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str}.items():
+        for k, v in {"owner": owner(), "mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str}.items():
             trial.set_user_attr(k, v)
         self.running[trial.number] = _Running(trial, run_id, job)
         self.started += 1

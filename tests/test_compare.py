@@ -1,6 +1,5 @@
 """End to end: `ffnn compare` on a tiny dataset into a temporary MLflow store, read back with MLflow."""
 
-import io
 
 import pytest
 import torch
