@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="examples per step (default 100)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="training device (default auto)")
     p.add_argument("--workers", type=int, default=None, help="training processes (default: one per CPU core)")
+    p.add_argument("--stack-size", type=int, default=None,
+                   help="seeds of one model trained together in one pass (default: chosen for the device)")
+    p.add_argument("--divergence-threshold", type=float, default=None,
+                   help="a seed whose training loss stays above this for --divergence-window steps is stopped "
+                        "and recorded FAILED (default 10 ln 10 = 23.03; a non-finite loss always is)")
+    p.add_argument("--divergence-window", type=int, default=None,
+                   help="consecutive steps above the threshold that count as diverged (default 100)")
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the file's, mnist)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: the file's)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
@@ -161,14 +168,22 @@ def cmd_compare(args) -> int:
     file_values = read_toml(args.config) if (args.config != DEFAULT_CONFIG or Path(args.config).exists()) else {}
     overrides = {"models": args.models, "seeds": args.seeds, "iters": args.iters, "eval_every": args.eval_every,
                  "lr": args.lr, "batch_size": args.batch_size, "device": args.device, "dataset": args.dataset,
-                 "experiment": args.experiment, "workers": args.workers}
+                 "experiment": args.experiment, "workers": args.workers, "stack_size": args.stack_size,
+                 "divergence_threshold": args.divergence_threshold, "divergence_window": args.divergence_window}
     cfg = build_compare_config(file_values, overrides)
-    rows, tracker, exp_id = compare(cfg, args.data_dir, args.data_source, args.tracking_uri, _progress([]))
+    ctx = build_context(cfg.dataset, cfg.device, args)
+    rows, exp_id = compare(cfg, ctx, _progress([]))
     print_table(rows, cfg)
-    print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {tracker.uri}  (make ui to browse)")
+    print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {ctx.tracker.uri}  (make ui to browse)")
     if not args.no_report:
-        report_after(cfg.experiment, tracker.uri)
+        report_after(cfg.experiment, ctx.tracker.uri)
     return 0
+
+
+def build_context(dataset: str, device: str, args):
+    """The one context a command works on: data verified, tracker opened, device resolved."""
+    from .context import Context
+    return Context.build(dataset, args.data_dir, args.data_source, device, args.tracking_uri)
 
 
 def cmd_data(args) -> int:
@@ -244,7 +259,7 @@ def cmd_tune(args) -> int:
                  "sampler": args.sampler, "pruner": args.pruner, "experiment": args.experiment,
                  "device": args.device, "iters": args.iters, "final": args.final or None, "seeds": args.seeds}
     cfg = build_tune_config(read_toml(args.config), overrides)
-    res = tune(cfg, args.data_dir, args.data_source, args.tracking_uri,
+    res = tune(cfg, build_context(cfg.dataset, cfg.device, args),
                lambda msg: print(msg, file=sys.stderr, flush=True), _progress([]))
     print_tune(res, cfg)
     if res.final:

@@ -13,7 +13,7 @@ from typing import Any
 from .data import DATASETS
 from .errors import UserError
 from .models import ACTIVATIONS, REGISTRY, ModelSpec, SpecError
-from .train import TrainConfig
+from .train import DivergenceRule, TrainConfig
 
 
 class ConfigError(UserError, ValueError):
@@ -30,12 +30,16 @@ class CompareConfig:
     specs: dict[str, ModelSpec] = field(default_factory=lambda: dict(REGISTRY))  # name -> architecture
     device: str = "auto"  # auto, cpu or cuda
     workers: int = 0  # training processes; 0 = one per CPU core (one on a GPU)
+    stack_size: int = 0  # seeds trained together in one pass; 0 = chosen for the device
+    divergence: DivergenceRule = field(default_factory=DivergenceRule)  # when a seed counts as diverged
 
     def spec(self, name: str) -> ModelSpec:
         return self.specs[name]
 
 
-TOP_KEYS = {"experiment", "dataset", "models", "seeds", "device", "workers", "train", "specs"}
+TOP_KEYS = {"experiment", "dataset", "models", "seeds", "device", "workers", "stack_size", "train", "specs",
+            "divergence"}
+DIVERGENCE_KEYS = {"threshold", "window"}
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed"}
 SPEC_KEYS = {"hidden", "activation"}
 
@@ -108,7 +112,12 @@ def build_compare_config(file_values: dict[str, Any], overrides: dict[str, Any])
     train_values = {**train_table, **{k: v for k, v in overrides.items() if k in TRAIN_KEYS and v is not None}}
     train = validate_train(TrainConfig(**train_values))
 
-    values = {k: v for k, v in file_values.items() if k not in ("train", "specs")}
+    div_table = file_values.get("divergence", {})
+    _check_keys("divergence", div_table, DIVERGENCE_KEYS)
+    divergence = parse_divergence({**div_table, **{k: overrides[f"divergence_{k}"] for k in DIVERGENCE_KEYS
+                                                   if overrides.get(f"divergence_{k}") is not None}})
+
+    values = {k: v for k, v in file_values.items() if k not in ("train", "specs", "divergence")}
     values.update({k: v for k, v in overrides.items() if k not in TRAIN_KEYS and v is not None})
     models = values.get("models", CompareConfig.models)
     if isinstance(models, str):
@@ -136,7 +145,16 @@ def build_compare_config(file_values: dict[str, Any], overrides: dict[str, Any])
         specs=specs,
         device=device,
         workers=_int("workers", values.get("workers", 0), minimum=0),
+        stack_size=_int("stack_size", values.get("stack_size", 0), minimum=0),
+        divergence=divergence,
     )
+
+
+def parse_divergence(table: dict[str, Any]) -> DivergenceRule:
+    threshold = table.get("threshold", DivergenceRule.threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+        raise ConfigError(f"divergence threshold must be a loss > 0, got {threshold!r}")
+    return DivergenceRule(float(threshold), _int("divergence window", table.get("window", DivergenceRule.window)))
 
 
 # ---------------------------------------------------------------- tune

@@ -226,6 +226,20 @@ class Tracker:
         for i in range(0, len(metrics), BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + BATCH])
 
+    def log_run(self, run_id: str, series: dict[str, list[tuple[int, float]]], values: dict[str, float],
+                step: int, tags: dict[str, str], params: dict[str, Any] | None = None) -> None:
+        """Curves ``key -> [(step, value)]``, final ``values`` at ``step``, ``tags`` and ``params`` in as
+        few ``log_batch`` calls as MLflow's limit of 1000 metrics a call allows."""
+        ts = now_ms()
+        metrics = [Metric(k, float(v), ts, int(s)) for k, points in series.items() for s, v in points]
+        metrics += [Metric(k, float(v), ts, step) for k, v in values.items()]
+        run_tags = [RunTag(k, str(v)) for k, v in tags.items()]
+        run_params = [Param(k, str(v)) for k, v in (params or {}).items()]
+        for i in range(0, max(len(metrics), 1), BATCH):
+            first = i == 0
+            self.client.log_batch(run_id, metrics=metrics[i:i + BATCH], tags=run_tags if first else [],
+                                  params=run_params if first else [])
+
     def log_values(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
         ts = now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
@@ -253,25 +267,47 @@ class Tracker:
         return {r.data.tags.get(TAG_KEY) for r in runs}
 
     def claim(self, experiment_id: str, key: str, run_id: str) -> bool:
-        """Keep ``run_id`` only if no other run with this key is FINISHED or live and older.
+        """Keep ``run_id`` only if no other run with this key is FINISHED or live and older."""
+        return key in self.claim_many(experiment_id, {key: run_id})
 
-        Two processes that create the same run at once both call this; the older run
-        (by start time, then id) wins and the other is deleted, so exactly one trains.
+    def claim_many(self, experiment_id: str, mine: dict[str, str]) -> set[str]:
+        """For each ``key -> run_id`` just created, keep the run only if no other run with that key is
+        FINISHED, or RUNNING in a live process and older; return the keys kept, delete the other runs.
+
+        Two processes that create the same run at once both call this; the older run (by start time,
+        then id) wins and the other is deleted, so exactly one trains. One search serves every key.
         """
-        runs = self.search(experiment_id, f"tags.`{TAG_KEY}` = '{key}'")
-        mine = next((r for r in runs if r.info.run_id == run_id), None)
-        if mine is None:
-            return True
-        rank = (mine.info.start_time, run_id)
+        if not mine:
+            return set()
+        runs = self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' "
+                                          f"and attributes.status != 'FAILED' and attributes.status != 'KILLED'")
+        by_key: dict[str, list] = {}
         for r in runs:
-            if r.info.run_id == run_id:
-                continue
-            if r.info.status == "FINISHED" or (
-                    r.info.status == "RUNNING" and pid_alive(r.data.tags.get(TAG_OWNER, ""))
-                    and (r.info.start_time, r.info.run_id) < rank):
+            key = r.data.tags.get(TAG_KEY)
+            if key in mine:
+                by_key.setdefault(key, []).append(r)
+        kept = set()
+        alive: dict[str, bool] = {}
+        for key, run_id in mine.items():
+            others = by_key.get(key, [])
+            me = next((r for r in others if r.info.run_id == run_id), None)
+            rank = (me.info.start_time, run_id) if me is not None else (now_ms(), run_id)
+            beaten = False
+            for r in others:
+                if r.info.run_id == run_id:
+                    continue
+                if r.info.status == "FINISHED":
+                    beaten = True
+                elif r.info.status == "RUNNING" and (r.info.start_time, r.info.run_id) < rank:
+                    who = r.data.tags.get(TAG_OWNER, "")
+                    if who not in alive:
+                        alive[who] = pid_alive(who)
+                    beaten = beaten or alive[who]
+            if beaten:
                 self.client.delete_run(run_id)
-                return False
-        return True
+            else:
+                kept.add(key)
+        return kept
 
     def fail_orphans(self, experiment_id: str) -> int:
         """Mark RUNNING runs whose creating process is gone as FAILED; return how many."""

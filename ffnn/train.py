@@ -50,15 +50,27 @@ class TrainResult:
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, accuracy)
 
 
+@dataclass(frozen=True)
+class DivergenceRule:
+    """When a run counts as diverged: a non-finite loss, or a loss that stays above ``threshold``.
+
+    The default threshold is 10x the loss of an untrained 10-class model (ln 10), a level no
+    successfully trained run reaches; a spike that recovers within ``window`` steps is not divergence.
+    """
+
+    threshold: float = 10 * math.log(10)  # training loss, nats
+    window: int = 100  # consecutive optimizer steps above the threshold
+
+
 class DeviceError(UserError):
     """The requested device is not available."""
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or stayed above the divergence threshold."""
 
-    def __init__(self, step: int, loss: float, losses: list[tuple[int, float]]):
-        super().__init__(f"training loss became {loss} at iteration {step}")
+    def __init__(self, step: int, loss: float, losses: list[tuple[int, float]], message: str | None = None):
+        super().__init__(message or f"training loss became {loss} at iteration {step}")
         self.step = step
         self.loss = loss
         self.losses = losses  # the finite losses not yet passed to on_eval
@@ -108,6 +120,7 @@ def train(
     x_eval: torch.Tensor,  # (M, 784)
     y_eval: torch.Tensor,  # (M,)
     on_eval: Callable[[EvalPoint], None] | None = None,
+    rule: DivergenceRule = DivergenceRule(),
 ) -> TrainResult:
     """Train ``spec`` with SGD on cross-entropy; evaluate every ``cfg.eval_every`` steps."""
     device = x_train.device
@@ -120,6 +133,7 @@ def train(
     pending: list[tuple[int, float]] = []
     accuracy = float("nan")
     step = 0
+    above = 0  # consecutive steps with the loss above rule.threshold
     start = time.perf_counter()
     while step < cfg.iters:
         perm = torch.randperm(n, generator=batch_order).to(device)
@@ -134,6 +148,11 @@ def train(
             if not math.isfinite(value):
                 raise Diverged(step, value, pending)
             pending.append((step, value))
+            above = above + 1 if value > rule.threshold else 0
+            if above >= rule.window:
+                raise Diverged(step, value, pending,
+                               f"training loss stayed above {rule.threshold:.3g} for {rule.window} iterations "
+                               f"(at iteration {step}: {value:.4g})")
             if step % cfg.eval_every == 0 or step == cfg.iters:
                 accuracy = evaluate(model, x_eval, y_eval)
                 history.append((step, accuracy))

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-import os
 import re
 import signal
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing.connection import Connection, wait
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -27,13 +25,15 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import data as data_mod
-from .compare import LOSS_STRIDE, TRAIN_THREADS, Progress, RunRow, compare, window_means
+from .compare import Progress, RunRow, compare
 from .config import CompareConfig, ConfigError, Family, TuneConfig, validate_train
+from .context import Context
+from .engine import Engine, worker_count
 from .errors import Interrupted, UserError, deferring, ignore_interrupts, install_interrupt_handlers
+from .jobs import LOSS_STRIDE, Outcome, TrialJob, load_split, trial_work, window_means
 from .models import REGISTRY, ModelSpec, count_params
 from .tracking import TAG_KIND, Tracker, owner, pid_alive
-from .train import Diverged, EvalPoint, TrainConfig, device_name, resolve_device, train
+from .train import EvalPoint, TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -66,84 +66,6 @@ def spec_of(params: dict, family: Family) -> ModelSpec:
     else:
         hidden = tuple(int(params[f"n_units_l{i}"]) for i in range(family.depth))
     return ModelSpec(hidden, family.activation if hidden else "none")
-
-
-# ---------------------------------------------------------------- one trial, in any process
-@dataclass(frozen=True)
-class TuneData:
-    """The training set cut in two; the test set is not kept."""
-
-    x_fit: torch.Tensor  # (N - val_size, 784) trained on
-    y_fit: torch.Tensor
-    x_val: torch.Tensor  # (val_size, 784) the objective
-    y_val: torch.Tensor
-
-
-def load_split(dataset: data_mod.DatasetSpec, data_dir: str, device: str, val_size: int, seed: int) -> TuneData:
-    ds = data_mod.load(dataset, data_dir, device=device, verify=False)
-    return TuneData(*data_mod.split_validation(ds.x_train, ds.y_train, val_size, seed))
-
-
-@dataclass(frozen=True)
-class TrialJob:
-    number: int  # Optuna trial number
-    spec: ModelSpec
-    cfg: TrainConfig  # the trial's lr; the study's budget and seed
-
-
-@dataclass
-class Outcome:
-    state: str  # COMPLETE, PRUNED or FAIL (Optuna's names)
-    value: float = math.nan  # final validation accuracy, percent
-    seconds: float = 0.0  # training wall time, evaluations included
-    step: int = 0  # optimizer steps done
-    reason: str = ""  # why it diverged or failed; empty when the pruner stopped it
-    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss) not yet reported
-
-
-class _Prune(Exception):
-    pass
-
-
-def run_trial(job: TrialJob, data: TuneData, should_prune: Callable[[EvalPoint], bool]) -> Outcome:
-    """Train one trial; pruning, divergence and crashes come back as an Outcome, not as exceptions."""
-    start = time.perf_counter()
-    step = 0
-
-    def on_eval(point: EvalPoint) -> None:
-        nonlocal step
-        step = point.step
-        if should_prune(point):
-            raise _Prune
-
-    try:
-        res = train(job.spec, job.cfg, data.x_fit, data.y_fit, data.x_val, data.y_val, on_eval)
-    except _Prune:
-        return Outcome("PRUNED", seconds=time.perf_counter() - start, step=step)
-    except Diverged as e:
-        # Pruned rather than failed: TPE ranks pruned trials below every finished one but ignores
-        # failed ones, so this way it learns that the region diverges.
-        return Outcome("PRUNED", seconds=time.perf_counter() - start, step=e.step, reason=f"diverged: {e}",
-                       losses=e.losses)
-    except Interrupted:
-        raise
-    except Exception as e:  # a failed trial is recorded, the study goes on
-        return Outcome("FAIL", seconds=time.perf_counter() - start, step=step,
-                       reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
-    return Outcome("COMPLETE", res.accuracy, res.seconds, job.cfg.iters)
-
-
-def _worker(conn: Connection, dataset: data_mod.DatasetSpec, data_dir: str, device: str, val_size: int,
-            split_seed: int) -> None:
-    """A training process: load the data once, then train each job sent, asking before going on."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    torch.set_num_threads(TRAIN_THREADS)
-    data = load_split(dataset, data_dir, device, val_size, split_seed)
-    while (job := conn.recv()) is not None:
-        def ask(point: EvalPoint, number: int = job.number) -> bool:
-            conn.send(("eval", number, point))
-            return conn.recv()
-        conn.send(("done", job.number, run_trial(job, data, ask)))
 
 
 # ---------------------------------------------------------------- storage
@@ -359,95 +281,6 @@ class _Study:
             return None
 
 
-# ---------------------------------------------------------------- where trials train
-class _Local:
-    """One worker: this process trains."""
-
-    def __init__(self, data: TuneData):
-        self.data = data
-
-    def run(self, st: _Study, more: Callable[[], bool]) -> None:
-        while more():
-            job = st.start_trial()
-            st.finish(job.number, run_trial(job, self.data, lambda p: st.report(job.number, p)))
-
-    def close(self, graceful: bool) -> None:
-        pass
-
-
-class _Processes:
-    """N training processes; this one asks, reports and tells for all of them."""
-
-    def __init__(self, n: int, args: tuple):
-        ctx = multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs: dict[Connection, multiprocessing.Process] = {}
-        for _ in range(n):
-            mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(theirs, *args), daemon=True)
-            proc.start()
-            theirs.close()
-            self.conns.append(mine)
-            self.procs[mine] = proc
-
-    def _died(self, st: _Study, conn: Connection, number: int) -> None:
-        proc = self.procs.pop(conn)
-        self.conns.remove(conn)
-        proc.join(timeout=5)
-        st.finish(number, Outcome("FAIL", reason=f"worker process died (exit code {proc.exitcode})"))
-        if not self.conns:
-            raise RuntimeError("every training process died; see the errors above")
-
-    def run(self, st: _Study, more: Callable[[], bool]) -> None:
-        idle = list(self.conns)
-        busy: dict[Connection, int] = {}
-        while True:
-            while idle and more():
-                job = st.start_trial()
-                conn = idle.pop()
-                try:
-                    conn.send(job)
-                except OSError:
-                    self._died(st, conn, job.number)
-                    continue
-                busy[conn] = job.number
-            if not busy:
-                return
-            for conn in wait(list(busy)):
-                try:
-                    kind, number, payload = conn.recv()
-                except (EOFError, OSError):
-                    self._died(st, conn, busy.pop(conn))
-                    continue
-                if kind == "eval":
-                    conn.send(st.report(number, payload))
-                else:
-                    del busy[conn]
-                    idle.append(conn)
-                    st.finish(number, payload)
-
-    def close(self, graceful: bool) -> None:
-        for conn, proc in self.procs.items():
-            try:
-                conn.send(None) if graceful else proc.terminate()
-            except OSError:
-                pass
-        for proc in self.procs.values():
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-
-
-def worker_count(requested: int, device: torch.device, n_trials: int) -> int:
-    if requested:
-        n = requested
-    elif device.type == "cuda":
-        n = 1
-    else:
-        n = os.cpu_count() or 1
-    return max(1, min(n, n_trials or 1))
-
-
 # ---------------------------------------------------------------- the command
 @dataclass
 class TuneResult:
@@ -458,72 +291,67 @@ class TuneResult:
     final: dict[str, list[RunRow]] = field(default_factory=dict)  # model name (C, C*) -> comparison rows
 
 
-def tune(cfg: TuneConfig, data_dir: str, data_source: str | None, tracking_uri: str | None,
-         progress: Callable[[str], None] | None = None, compare_progress: Progress | None = None) -> TuneResult:
+def tune(cfg: TuneConfig, ctx: Context, progress: Callable[[str], None] | None = None,
+         compare_progress: Progress | None = None) -> TuneResult:
     """Run ``cfg.n_trials`` more trials of each family's study; then, with ``cfg.final``, retrain the best."""
     say = progress or (lambda msg: None)
-    device = resolve_device(cfg.device)
-    spec = data_mod.get_spec(cfg.dataset)
-    folder = data_mod.prepare(spec, data_dir, data_source)
-    n_train = data_mod.count_examples(folder)
-    if cfg.val_size >= n_train:
-        raise ConfigError(f"val_size ({cfg.val_size}) must be smaller than the training set ({n_train})")
-    validate_train(cfg.train, n_train - cfg.val_size)
+    if cfg.val_size >= ctx.n_train:
+        raise ConfigError(f"val_size ({cfg.val_size}) must be smaller than the training set ({ctx.n_train})")
+    validate_train(cfg.train, ctx.n_train - cfg.val_size)
     storage = open_storage(cfg.storage)
-    tracker = Tracker.open(tracking_uri)
+    tracker = ctx.tracker
     exp_id = tracker.experiment_id(cfg.experiment)
     tracker.fail_orphans(exp_id)
-    workers = worker_count(cfg.workers, device, cfg.n_trials)
-    context = {"spec": spec, "folder": folder, "n_train": n_train,
-               "n_test": data_mod.count_examples(folder, "t10k-labels-idx1-ubyte")}
+    workers = worker_count(cfg.workers, ctx.device, cfg.n_trials)
 
     result = TuneResult([], storage_label(cfg.storage), tracker.uri, workers)
-    pool: _Local | _Processes | None = None
+    engine: Engine | None = None
     old_handlers = install_interrupt_handlers()
     graceful = False
     try:
         if cfg.n_trials:
-            say(f"{workers} training process{'es' if workers > 1 else ''} on {device_name(device)}; "
-                f"validation: {cfg.val_size} of {n_train} training images; storage {result.storage}")
-            if workers == 1:
-                torch.set_num_threads(TRAIN_THREADS)
-                pool = _Local(load_split(spec, data_dir, device.type, cfg.val_size, cfg.split_seed))
-            else:
-                pool = _Processes(workers, (spec, data_dir, device.type, cfg.val_size, cfg.split_seed))
+            say(f"{workers} training process{'es' if workers > 1 else ''} on {ctx.device_name}; "
+                f"validation: {cfg.val_size} of {ctx.n_train} training images; storage {result.storage}")
+            engine = Engine(workers, partial(load_split, ctx.dataset, ctx.data_dir, str(ctx.device), cfg.val_size,
+                                             cfg.split_seed), trial_work)
         for model in cfg.models:
-            result.studies.append(_run_study(cfg, model, storage, tracker, exp_id, device, pool, context, say))
+            result.studies.append(_run_study(cfg, model, storage, ctx, exp_id, engine, say))
         graceful = True
     finally:
         for signum, handler in old_handlers.items():
             signal.signal(signum, handler)
-        if pool is not None:
-            pool.close(graceful)
+        if engine is not None:
+            engine.close(graceful)
     if cfg.final:
-        result.final = final_runs(cfg, result.studies, data_dir, data_source, tracking_uri, say, compare_progress)
+        result.final = final_runs(cfg, result.studies, ctx, say, compare_progress)
     return result
 
 
-def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage, tracker: Tracker, exp_id: str,
-               device: torch.device, pool: _Local | _Processes | None, context: dict,
-               say: Callable[[str], None]) -> StudySummary:
+def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage, ctx: Context, exp_id: str,
+               engine: Engine | None, say: Callable[[str], None]) -> StudySummary:
+    tracker = ctx.tracker
     study = open_study(cfg, model, storage)
     name = study.study_name
-    parent_id = _parent_run(cfg, model, name, tracker, exp_id, device, context)
+    parent_id = _parent_run(cfg, model, name, ctx, exp_id)
     tracker.set_tags(parent_id, {"ffnn.sampler": cfg.sampler, "ffnn.pruner": cfg.pruner,
-                                 "ffnn.n_trials_requested": str(cfg.n_trials), "ffnn.device_name": device_name(device),
+                                 "ffnn.n_trials_requested": str(cfg.n_trials), "ffnn.device_name": ctx.device_name,
                                  "ffnn.optuna_version": optuna.__version__})
-    st = _Study(cfg, model, study, tracker, exp_id, parent_id, device, say)
+    st = _Study(cfg, model, study, tracker, exp_id, parent_id, ctx.device, say)
     before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
     say(f"study {name!r}: {before} trials so far; running {cfg.n_trials} more"
         + (f" (at most {cfg.timeout:g}s)" if cfg.timeout else ""))
     start = time.monotonic()
 
-    def more() -> bool:
-        return st.started < cfg.n_trials and (cfg.timeout is None or time.monotonic() - start < cfg.timeout)
+    def next_trial() -> TrialJob | None:
+        if st.started < cfg.n_trials and (cfg.timeout is None or time.monotonic() - start < cfg.timeout):
+            return st.start_trial()
+        return None
 
     try:
-        if pool is not None:
-            pool.run(st, more)
+        if engine is not None:
+            engine.run(next_trial, lambda job, outcome: st.finish(job.number, outcome),
+                       lambda job, error: st.finish(job.number, Outcome("FAIL", reason=error.splitlines()[0][:500])),
+                       lambda job, point: st.report(job.number, point))
     except BaseException as e:
         status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
         with ignore_interrupts():  # a second Ctrl-C must not cut the clean-up short
@@ -544,16 +372,16 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
     return summary
 
 
-def _parent_run(cfg: TuneConfig, model: str, name: str, tracker: Tracker, exp_id: str, device: torch.device,
-                context: dict) -> str:
+def _parent_run(cfg: TuneConfig, model: str, name: str, ctx: Context, exp_id: str) -> str:
     """The study's one MLflow parent run: created on the first invocation, reopened by later ones."""
+    tracker = ctx.tracker
     keys = {TAG_KIND: "study", TAG_STUDY: name, "ffnn.storage": storage_label(cfg.storage)}
     found = tracker.find_runs(exp_id, keys)
     if found:
         tracker.reopen_run(found[0])
         return found[0]
     fam, t = cfg.families[model], cfg.train
-    spec = context["spec"]
+    spec = ctx.dataset
     params = {"model": model, "activation": fam.activation if fam.depth else "none", "depth": fam.depth,
               "width_min": fam.width[0], "width_max": fam.width[1], "shared_width": fam.shared_width,
               "lr_min": fam.lr[0], "lr_max": fam.lr[1], "batch_size": t.batch_size, "iters": t.iters,
@@ -572,8 +400,8 @@ def _parent_run(cfg: TuneConfig, model: str, name: str, tracker: Tracker, exp_id
         tracker.delete_run(run_id)
         tracker.reopen_run(oldest)
         return oldest
-    tracker.log_dataset(run_id, cfg.dataset, spec.digest, str(context["folder"].resolve()), context["n_train"],
-                        context["n_test"], context="tuning")
+    tracker.log_dataset(run_id, cfg.dataset, spec.digest, str(ctx.folder.resolve()), ctx.n_train, ctx.n_test,
+                        context="tuning")
     return run_id
 
 
@@ -635,8 +463,7 @@ def write_outputs(study: optuna.Study, s: StudySummary, out: Path, cfg: TuneConf
     return files, notes
 
 
-def final_runs(cfg: TuneConfig, studies: list[StudySummary], data_dir: str, data_source: str | None,
-               tracking_uri: str | None, say: Callable[[str], None],
+def final_runs(cfg: TuneConfig, studies: list[StudySummary], ctx: Context, say: Callable[[str], None],
                compare_progress: Progress | None) -> dict[str, list[RunRow]]:
     """Each best configuration (as ``C*``) and its tutorial model (``C``) over ``cfg.seeds`` seeds, on the full
     training set and the test set, as ordinary comparison runs; finished ones are skipped."""
@@ -657,7 +484,7 @@ def final_runs(cfg: TuneConfig, studies: list[StudySummary], data_dir: str, data
                              workers=cfg.workers)
         say(f"final: {', '.join(f'{m} ({ccfg.spec(m).describe()})' for m in models)}, lr {train_cfg.lr:g}, "
             f"x{cfg.seeds} seeds -> experiment {cfg.final_experiment!r}")
-        found, _, _ = compare(ccfg, data_dir, data_source, tracking_uri, compare_progress)
+        found, _ = compare(ccfg, ctx, compare_progress)
         for m in models:
             rows[m] = [r for r in found if r.model == m]
     return dict(sorted(rows.items(), key=lambda kv: (kv[0].rstrip("*"), kv[0])))

@@ -94,3 +94,47 @@ def test_two_concurrent_compares_train_each_run_once(tiny, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errs
     assert not any("database is locked" in e for e in errs)
     assert_complete(tmp_path)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group ``pgid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.parametrize("command", ["compare", "tune"])
+def test_kill_9_leaves_no_process_behind(tiny, tmp_path, command):
+    from conftest import tune_toml
+    if command == "compare":
+        argv = compare_argv(tmp_path, "--workers", "2", "--iters", "100000", "--eval-every", "1000")
+    else:
+        (tmp_path / "tune.toml").write_text(tune_toml("faults", 50).replace("iters = 30", "iters = 100000"))
+        argv = ["tune", "--config", str(tmp_path / "tune.toml"), "--data-dir", str(tmp_path / "data"),
+                "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+                "--storage", f"sqlite:///{tmp_path}/optuna.db", "--workers", "2"]
+    proc = subprocess.Popen(cli_command(tiny, *argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own process group: the workers are found by pgid
+    try:
+        deadline = time.time() + 120
+        while len(group_members(proc.pid)) < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # the parent and its two training processes
+        assert len(group_members(proc.pid)) >= 3, "the workers never started"
+        time.sleep(1)
+        os.kill(proc.pid, signal.SIGKILL)  # the parent alone, as the OOM killer or a user's kill -9 would
+        proc.wait()
+        time.sleep(5)
+        assert group_members(proc.pid) == []
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -11,7 +11,7 @@ import torch
 from conftest import cli_command
 from mlflow import MlflowClient
 
-from ffnn import cli, data, tune
+from ffnn import cli, data, jobs, tune
 from ffnn.tracking import Tracker
 
 BUDGET = """
@@ -103,8 +103,8 @@ def test_tune_logs_trials_to_optuna_and_nested_mlflow_runs(tiny, tmp_path, store
         seen.append((x_train, x_eval))
         return train(spec, cfg, x_train, y_train, x_eval, y_eval, on_eval)
 
-    train = tune.train
-    monkeypatch.setattr(tune, "train", spy)
+    train = jobs.train
+    monkeypatch.setattr(jobs, "train", spy)
     assert run_tune(tmp_path, stores, "--workers", "1", "--pruner", "none") == 0
     uri, storage = stores
 
@@ -162,8 +162,8 @@ def test_tune_prunes_diverged_and_failed_trials_and_goes_on(tiny, tmp_path, stor
             raise RuntimeError("out of memory, say")
         return train(spec, cfg, *args, **kwargs)
 
-    train = tune.train
-    monkeypatch.setattr(tune, "train", flaky)
+    train = jobs.train
+    monkeypatch.setattr(jobs, "train", flaky)
     config = write_config(tmp_path, lr="[1e-3, 1e20]")
     assert run_tune(tmp_path, stores, "--model", "C", "--n-trials", "6", "--workers", "1", config=config) == 0
 

@@ -1,0 +1,186 @@
+"""Jobs -> worker processes (or this process) -> results: the one execution engine of compare and tune.
+
+A worker is a spawned process with one torch thread (CPU matmul results depend
+on the thread count, so a job's numbers do not depend on how many workers
+there are). It ignores SIGINT (the parent decides what an interrupt means),
+dies with its parent (``PR_SET_PDEATHSIG``: a kill -9 of ``ffnn`` leaves no
+worker behind), calls ``setup()`` once (loading the data), then runs each job
+it is sent as ``work(context, job, ask)``. ``ask(payload)`` sends a question to
+the parent and returns its answer: tune asks whether to prune at each
+evaluation. With one worker, or on CUDA, the jobs run in this process instead.
+
+The parent alone talks to MLflow and Optuna: it hands out jobs
+(``next_job``), answers questions (``on_ask``) and records results
+(``on_done``); a job whose worker crashed or died comes back through
+``on_failed``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import pickle
+import signal
+import traceback
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+TRAIN_THREADS = 1  # torch threads per training process
+PR_SET_PDEATHSIG = 1
+
+Work = Callable[[Any, Any, Callable[[Any], Any]], Any]  # (context, job, ask) -> result
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; exit now if it already has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the parent's clean-up still ends its workers
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _worker(conn: Connection, parent_pid: int, payload: bytes) -> None:
+    """A training process. ``payload`` (setup and work, pickled) is opened only once this process is bound
+    to its parent: unpickling imports torch, which takes seconds, and a kill -9 may come meanwhile."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+    torch.set_num_threads(TRAIN_THREADS)
+    setup, work = pickle.loads(payload)
+    context = setup()
+
+    def ask(payload: Any) -> Any:
+        conn.send(("ask", payload))
+        return conn.recv()
+
+    while (job := conn.recv()) is not None:
+        try:
+            conn.send(("done", work(context, job, ask)))
+        except Exception as e:  # the job's own failure: reported, the worker goes on
+            conn.send(("error", f"{type(e).__name__}: {e}".splitlines()[0] + "\n" + traceback.format_exc(limit=3)))
+
+
+def worker_count(requested: int | None, device: "torch.device", n_jobs: int) -> int:
+    """``requested`` (0 or None: one per CPU core, one on CUDA), never more than there are jobs."""
+    if requested:
+        n = requested
+    elif device.type == "cuda":
+        n = 1
+    else:
+        n = os.cpu_count() or 1
+    return max(1, min(n, n_jobs or 1))
+
+
+class Engine:
+    """``workers`` training processes, or this process when ``workers`` is 1."""
+
+    def __init__(self, workers: int, setup: Callable[[], Any], work: Work):
+        self.work = work
+        self.conns: list[Connection] = []
+        self.procs: dict[Connection, multiprocessing.Process] = {}
+        self.context: Any = None
+        if workers <= 1:
+            import torch
+            torch.set_num_threads(TRAIN_THREADS)
+            self.context = setup()
+            return
+        ctx = multiprocessing.get_context("spawn")
+        payload = pickle.dumps((setup, work))
+        for _ in range(workers):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(theirs, os.getpid(), payload), daemon=True)
+            proc.start()
+            theirs.close()
+            self.conns.append(mine)
+            self.procs[mine] = proc
+
+    @property
+    def workers(self) -> int:
+        return max(1, len(self.procs))
+
+    def run(self, next_job: Callable[[], Any | None], on_done: Callable[[Any, Any], None],
+            on_failed: Callable[[Any, str], None], on_ask: Callable[[Any, Any], Any] | None = None) -> None:
+        """Run jobs until ``next_job`` returns None and every job has come back."""
+        if not self.procs:
+            while (job := next_job()) is not None:
+                try:
+                    result = self.work(self.context, job, lambda payload, job=job: on_ask(job, payload))
+                except Exception as e:
+                    on_failed(job, f"{type(e).__name__}: {e}".splitlines()[0] + "\n" + traceback.format_exc(limit=3))
+                    continue
+                on_done(job, result)
+            return
+        idle = list(self.conns)
+        busy: dict[Connection, Any] = {}
+        exhausted = False
+
+        def dispatch() -> None:
+            nonlocal exhausted
+            while idle and not exhausted:
+                job = next_job()
+                if job is None:
+                    exhausted = True
+                    return
+                conn = idle.pop()
+                try:
+                    conn.send(job)
+                except OSError:
+                    self._died(conn, job, on_failed)
+                    continue
+                busy[conn] = job
+
+        dispatch()
+        while busy:
+            came_back = []  # recorded once the idle workers have their next job
+            for conn in wait(list(busy)):
+                job = busy[conn]
+                try:
+                    kind, payload = conn.recv()
+                except (EOFError, OSError):
+                    del busy[conn]
+                    self._died(conn, job, on_failed)
+                    continue
+                if kind == "ask":
+                    conn.send(on_ask(job, payload))
+                    continue
+                del busy[conn]
+                idle.append(conn)
+                came_back.append((kind, job, payload))
+            dispatch()
+            for kind, job, payload in came_back:
+                (on_done if kind == "done" else on_failed)(job, payload)
+
+    def _died(self, conn: Connection, job: Any, on_failed: Callable[[Any, str], None]) -> None:
+        proc = self.procs.pop(conn)
+        self.conns.remove(conn)
+        proc.join(timeout=5)
+        on_failed(job, f"worker process died (exit code {proc.exitcode})")
+        if not self.conns:
+            raise RuntimeError("every training process died; see the errors above")
+
+    def close(self, graceful: bool = True) -> None:
+        """Graceful: let each worker finish and exit; else terminate them now."""
+        for conn, proc in self.procs.items():
+            try:
+                conn.send(None) if graceful else proc.terminate()
+            except OSError:
+                pass
+        for proc in self.procs.values():
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self.procs.clear()
+        self.conns.clear()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(graceful=exc_type is None)

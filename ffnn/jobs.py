@@ -1,0 +1,172 @@
+"""What a training process does: the jobs of compare (a stack of seeds) and tune (one trial).
+
+Picklable job descriptions in, plain results out; no tracker, no Optuna, so
+that a training process imports neither. ``engine.Engine`` runs these in its
+workers or in the calling process; ``compare`` and ``tune`` record the results.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from . import data as data_mod
+from .data import Dataset
+from .errors import Interrupted
+from .models import ModelSpec, count_params
+from .stacked import train_stacked
+from .train import DivergenceRule, Diverged, EvalPoint, TrainConfig, train
+
+LOSS_STRIDE = 10  # train_loss is logged as the mean of each 10 optimizer steps, at the 10th
+
+
+# ---------------------------------------------------------------- compare: a stack of seeds
+@dataclass(frozen=True)
+class Job:
+    """One (model, seed): one MLflow run."""
+    model: str
+    spec: ModelSpec
+    cfg: TrainConfig  # seed included
+
+
+@dataclass(frozen=True)
+class StackJob:
+    """Seeds of one model and recipe, trained in one pass."""
+    model: str
+    spec: ModelSpec
+    cfg: TrainConfig  # the shared recipe; its seed is unused
+    seeds: tuple[int, ...]
+    rule: DivergenceRule = DivergenceRule()
+
+    def job(self, seed: int) -> Job:
+        return Job(self.model, self.spec, replace(self.cfg, seed=seed))
+
+    @property
+    def cost(self) -> int:
+        return count_params(self.spec) * len(self.seeds)
+
+
+@dataclass
+class JobResult:
+    job: Job
+    start_ms: int
+    end_ms: int
+    accuracy: float = float("nan")  # final test accuracy, percent
+    seconds: float = 0.0  # the seed's share of its stack's wall time
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, test accuracy)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean train loss of LOSS_STRIDE steps)
+    weights: bytes = b""  # torch.save(state_dict)
+    error: str | None = None
+    failed_step: int | None = None
+    engine: str = ""  # how it trained, e.g. "stacked-cpu"
+    stack_size: int = 1
+    stack_seconds: float = 0.0  # the whole stack's wall time
+
+
+def run_stack(ds: Dataset, stack: StackJob, ask: Callable | None = None) -> list[JobResult]:
+    """Train one stack on the process's dataset; a diverged seed comes back as an error, not an exception."""
+    c = stack.cfg
+    start = int(time.time() * 1000)
+    res = train_stacked(stack.spec, stack.seeds, [c.lr] * len(stack.seeds), c.batch_size, c.iters, c.eval_every,
+                        ds.x_train, ds.y_train, ds.x_test, ds.y_test, stack.rule)
+    end = int(time.time() * 1000)
+    device = ds.x_train.device.type
+    engine = "stacked-cpu" if device == "cpu" else f"stacked-{device}-{'graph' if res.graph else 'eager'}"
+    out = []
+    for r in res.seeds:
+        weights = b""
+        if r.state_dict is not None:
+            buf = io.BytesIO()
+            torch.save(r.state_dict, buf)
+            weights = buf.getvalue()
+        out.append(JobResult(stack.job(r.seed), start, end, r.accuracy, res.seconds / len(stack.seeds), r.history,
+                             window_means(r.losses, LOSS_STRIDE), weights, r.failure, r.failed_step, engine,
+                             len(stack.seeds), res.seconds))
+    return out
+
+
+def window_means(points: list[tuple[int, float]], stride: int) -> list[tuple[int, float]]:
+    """Mean of each run of ``stride`` consecutive points, at its last step.
+
+    ``window_means([(1, 1.0), (2, 3.0), (3, 5.0)], 2) == [(2, 2.0), (3, 5.0)]``
+    """
+    return [(chunk[-1][0], sum(v for _, v in chunk) / len(chunk))
+            for chunk in (points[i:i + stride] for i in range(0, len(points), stride))]
+
+
+
+# ---------------------------------------------------------------- tune: one trial
+@dataclass(frozen=True)
+class TuneData:
+    """The training set cut in two; the test set is not kept."""
+
+    x_fit: torch.Tensor  # (N - val_size, 784) trained on
+    y_fit: torch.Tensor
+    x_val: torch.Tensor  # (val_size, 784) the objective
+    y_val: torch.Tensor
+
+
+def load_split(dataset: data_mod.DatasetSpec, data_dir: str, device: str, val_size: int, seed: int) -> TuneData:
+    ds = data_mod.load(dataset, data_dir, device=device, verify=False)
+    return TuneData(*data_mod.split_validation(ds.x_train, ds.y_train, val_size, seed))
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    number: int  # Optuna trial number
+    spec: ModelSpec
+    cfg: TrainConfig  # the trial's lr; the study's budget and seed
+
+
+@dataclass
+class Outcome:
+    state: str  # COMPLETE, PRUNED or FAIL (Optuna's names)
+    value: float = math.nan  # final validation accuracy, percent
+    seconds: float = 0.0  # training wall time, evaluations included
+    step: int = 0  # optimizer steps done
+    reason: str = ""  # why it diverged or failed; empty when the pruner stopped it
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss) not yet reported
+
+
+class _Prune(Exception):
+    pass
+
+
+def run_trial(job: TrialJob, data: TuneData, should_prune: Callable[[EvalPoint], bool]) -> Outcome:
+    """Train one trial; pruning, divergence and crashes come back as an Outcome, not as exceptions."""
+    start = time.perf_counter()
+    step = 0
+
+    def on_eval(point: EvalPoint) -> None:
+        nonlocal step
+        step = point.step
+        if should_prune(point):
+            raise _Prune
+
+    try:
+        res = train(job.spec, job.cfg, data.x_fit, data.y_fit, data.x_val, data.y_val, on_eval)
+    except _Prune:
+        return Outcome("PRUNED", seconds=time.perf_counter() - start, step=step)
+    except Diverged as e:
+        # Pruned rather than failed: TPE ranks pruned trials below every finished one but ignores
+        # failed ones, so this way it learns that the region diverges.
+        return Outcome("PRUNED", seconds=time.perf_counter() - start, step=e.step, reason=f"diverged: {e}",
+                       losses=e.losses)
+    except Interrupted:
+        raise
+    except Exception as e:  # a failed trial is recorded, the study goes on
+        return Outcome("FAIL", seconds=time.perf_counter() - start, step=step,
+                       reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
+    return Outcome("COMPLETE", res.accuracy, res.seconds, job.cfg.iters)
+
+
+def trial_work(data: TuneData, job: TrialJob, ask: Callable[[EvalPoint], bool]) -> Outcome:
+    """The engine's work for a trial: ``ask`` sends each evaluation to the parent and returns its prune decision."""
+    return run_trial(job, data, ask)
+
+

@@ -1,0 +1,290 @@
+"""S seeds of one spec trained in one pass: seeds as a batch dimension.
+
+Seed ``s`` starts from exactly the weights that ``train.train`` gives it
+(``models.seeded_model``) and sees exactly its batch order (a CPU generator
+seeded with ``s``, one ``randperm`` per epoch). Layer ``l`` of the stack is a
+``(S, in, out)`` weight and a ``(S, 1, out)`` bias, applied with one
+``baddbmm``; each seed's loss is its own batch mean and the step descends
+their sum, so no value crosses from one seed to another. The learning rate is
+a per-seed vector.
+
+Losses stay on the device in an ``(iters, S)`` buffer and are read at
+evaluation points only. A seed whose loss is not finite, or stays above the
+divergence threshold for a whole window, is frozen (its update masked out) and
+reported failed with the step and the reason; the other seeds go on. On CUDA
+the whole step (batch gather, forward, per-seed loss, backward, SGD, the
+divergence check) is captured once in a CUDA graph and replayed; the CPU runs
+the same step eagerly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .models import ModelSpec, seeded_model
+from .train import DivergenceRule
+
+_ACT = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
+NONFINITE, ABOVE_THRESHOLD = 1, 2  # why a seed diverged
+CHUNK = 64  # floats: a multiple of every CPU vector loop's step
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    lr: float
+    accuracy: float = math.nan  # final evaluation accuracy, percent; NaN when the seed failed
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, accuracy)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss), up to a failure
+    state_dict: dict[str, torch.Tensor] | None = None  # nn.Sequential keys, on the CPU; None when failed
+    failure: str | None = None
+    failed_step: int | None = None
+
+
+@dataclass
+class StackResult:
+    seeds: list[SeedResult]
+    seconds: float  # wall time of the whole stack, evaluations included
+    graph: bool  # the step ran as a replayed CUDA graph
+
+
+@dataclass(frozen=True)
+class StackEval:
+    """What ``on_eval`` sees: one evaluation of every seed still training."""
+
+    step: int
+    accuracy: list[float]  # per seed, percent; NaN for failed seeds
+
+
+class _Stack:
+    """The stacked parameters and the device-side state of one pass."""
+
+    def __init__(self, spec: ModelSpec, seeds: Sequence[int], lrs: Sequence[float], iters: int,
+                 rule: DivergenceRule, device: torch.device):
+        models = [seeded_model(spec, s, "cpu") for s in seeds]
+        linears = [[m for m in model if isinstance(m, torch.nn.Linear)] for model in models]
+        self.act = _ACT[spec.activation] if spec.hidden else None
+        self.weights = [torch.stack([ls[i].weight.detach().t() for ls in linears]).to(device).requires_grad_()
+                        for i in range(len(linears[0]))]  # (S, in, out)
+        self.biases = [torch.stack([ls[i].bias.detach()[None] for ls in linears]).to(device).requires_grad_()
+                       for i in range(len(linears[0]))]  # (S, 1, out)
+        S = len(seeds)
+        self.lr = torch.tensor(list(lrs), dtype=torch.float32, device=device)  # (S,)
+        self.alive = torch.ones(S, dtype=torch.bool, device=device)
+        self.above = torch.zeros(S, dtype=torch.int32, device=device)  # consecutive steps above the threshold
+        self.died_at = torch.zeros(S, dtype=torch.int64, device=device)
+        self.why = torch.zeros(S, dtype=torch.int8, device=device)
+        self.losses = torch.zeros(iters, S, dtype=torch.float32, device=device)
+        self.t = torch.zeros(1, dtype=torch.int64, device=device)  # steps done
+        self.threshold, self.window = rule.threshold, rule.window
+        self.always_mask = device.type == "cuda"
+
+    def params(self) -> list[torch.Tensor]:
+        return [p for pair in zip(self.weights, self.biases) for p in pair]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (S, B, 784) or (B, 784) shared by every seed -> (S, B, 10)."""
+        h = x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w) if h.dim() == 3 else torch.matmul(h, w) + b
+            if i < last:
+                h = self.activate(h)
+        return h
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """The activation of (S, B, H), computed for each seed exactly as it would be alone.
+
+        The CPU kernels of sigmoid and tanh run vectorised in chunks of up to 64 floats and finish
+        a tensor's tail with scalar code that can differ in the last bit; each seed's block is
+        padded to a multiple of 64 so that no seed's values depend on how many seeds precede it.
+        """
+        S, n = h.shape[0], h[0].numel()
+        pad = -n % CHUNK
+        if self.act is torch.relu or pad == 0 or h.device.type != "cpu":
+            return self.act(h)
+        return self.act(F.pad(h.reshape(S, n), (0, pad)))[:, :n].view(h.shape)
+
+    def step(self, x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.Tensor) -> None:
+        """One SGD step of every seed on its own batch ``idx`` (S, B)."""
+        S, B = idx.shape
+        flat = idx.reshape(-1)
+        x = x_train.index_select(0, flat).view(S, B, -1)
+        y = y_train.index_select(0, flat)
+        loss = F.cross_entropy(self.logits(x).reshape(S * B, -1), y, reduction="none").view(S, B).mean(1)  # (S,)
+        with torch.no_grad():
+            self.losses.index_copy_(0, self.t, loss[None])
+            self.t += 1
+            finite = torch.isfinite(loss)
+            self.above = torch.where(loss > self.threshold, self.above + 1, 0).to(torch.int32)
+            bad = ~finite | (self.above >= self.window)
+            newly = self.alive & bad
+            self.died_at = torch.where(newly, self.t, self.died_at)
+            self.why = torch.where(newly, torch.where(finite, ABOVE_THRESHOLD, NONFINITE).to(torch.int8), self.why)
+            self.alive &= ~bad
+            rate = torch.where(self.alive, self.lr, 0.0)  # (S,) a frozen seed's steps are masked out
+        for p in self.params():
+            p.grad = None
+        (loss * rate).sum().backward()  # each seed's gradient, already scaled by its learning rate
+        with torch.no_grad():
+            grads = [p.grad for p in self.params()]
+            # A frozen seed's gradient is 0 * (its gradient), NaN where its logits are not finite: zero it.
+            # On the CPU only at the step where that can happen; a CUDA graph cannot branch, so always.
+            if self.always_mask or bool((newly & ~finite).any()):
+                dead = ~self.alive.view(-1, 1, 1)
+                for g in grads:
+                    g.masked_fill_(dead, 0.0)
+            torch._foreach_sub_(self.params(), grads)
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, chunk_bytes: int = 256 << 20) -> torch.Tensor:
+        """(S,) percent of ``x`` classified as ``y`` by each seed; seeds in chunks to bound memory."""
+        S = self.weights[0].shape[0]
+        widest = max(w.shape[2] for w in self.weights)
+        per_seed = len(x) * widest * 4
+        step = max(1, chunk_bytes // per_seed)
+        correct = []
+        for lo in range(0, S, step):
+            sub = _Slice(self, lo, min(S, lo + step))
+            correct.append((sub.logits(x).argmax(2) == y).sum(1))
+        return torch.cat(correct).float() * (100.0 / len(y))
+
+    def state_dict(self, s: int) -> dict[str, torch.Tensor]:
+        """Seed ``s``'s weights under ``nn.Sequential``'s keys (Linear layers at 0, 2, 4, ...)."""
+        out = {}
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            out[f"{2 * i}.weight"] = w[s].detach().t().contiguous().cpu()
+            out[f"{2 * i}.bias"] = b[s, 0].detach().cpu()
+        return out
+
+
+class _Slice:
+    """Seeds ``lo:hi`` of a stack, for chunked evaluation."""
+
+    def __init__(self, stack: _Stack, lo: int, hi: int):
+        self.weights = [w[lo:hi] for w in stack.weights]
+        self.biases = [b[lo:hi] for b in stack.biases]
+        self.act = stack.act
+
+    logits = _Stack.logits
+    activate = _Stack.activate
+
+
+def _epoch_orders(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
+    """(S, n): each seed's next epoch order, drawn exactly as ``train.train`` draws it."""
+    perms = torch.stack([torch.randperm(n, generator=g) for g in generators])
+    return perms.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else perms
+
+
+class _Graph:
+    """The step captured once as a CUDA graph; ``run`` replays it on a fresh batch."""
+
+    def __init__(self, stack: _Stack, x: torch.Tensor, y: torch.Tensor, idx_shape: tuple[int, int]):
+        self.idx = torch.zeros(idx_shape, dtype=torch.int64, device=x.device)
+        snapshot = [p.detach().clone() for p in stack.params()]
+        state = (stack.losses.clone(), stack.t.clone(), stack.alive.clone(), stack.above.clone(),
+                 stack.died_at.clone(), stack.why.clone())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up steps, as the CUDA-graph notes ask; undone below
+            for _ in range(3):
+                stack.step(x, y, self.idx)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            stack.step(x, y, self.idx)
+        with torch.no_grad():
+            for p, v in zip(stack.params(), snapshot):
+                p.copy_(v)
+            for dst, v in zip((stack.losses, stack.t, stack.alive, stack.above, stack.died_at, stack.why), state):
+                dst.copy_(v)
+
+    def run(self, idx: torch.Tensor) -> None:
+        self.idx.copy_(idx, non_blocking=True)
+        self.graph.replay()
+
+
+def train_stacked(
+    spec: ModelSpec,
+    seeds: Sequence[int],
+    lrs: Sequence[float],
+    batch_size: int,  # examples per optimizer step, per seed
+    iters: int,  # optimizer steps per seed
+    eval_every: int,  # steps between evaluations; the last step is always evaluated
+    x_train: torch.Tensor,  # (N, 784), on the training device
+    y_train: torch.Tensor,  # (N,)
+    x_eval: torch.Tensor,  # (M, 784)
+    y_eval: torch.Tensor,  # (M,)
+    rule: DivergenceRule = DivergenceRule(),
+    on_eval: Callable[[StackEval], None] | None = None,
+    use_graph: bool | None = None,  # None: on CUDA when the batches are all full
+) -> StackResult:
+    """Train ``spec`` once per seed, all seeds at once; evaluate every ``eval_every`` steps."""
+    if len(seeds) != len(lrs):
+        raise ValueError("one learning rate per seed")
+    device = x_train.device
+    n = len(x_train)
+    start = time.perf_counter()
+    stack = _Stack(spec, seeds, lrs, iters, rule, device)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    if use_graph is None:
+        use_graph = device.type == "cuda" and n % batch_size == 0
+    graph = None
+    results = [SeedResult(s, float(lr)) for s, lr in zip(seeds, lrs)]
+    read = 0  # losses read back so far
+    step = 0
+    while step < iters:
+        order = _epoch_orders(generators, n, device)
+        for lo in range(0, n, batch_size):
+            idx = order[:, lo:lo + batch_size]
+            if use_graph and idx.shape[1] == batch_size:
+                if graph is None:
+                    graph = _Graph(stack, x_train, y_train, tuple(idx.shape))
+                graph.run(idx)
+            else:
+                stack.step(x_train, y_train, idx)
+            step += 1
+            if step % eval_every == 0 or step == iters:
+                acc = stack.accuracy(x_eval, y_eval).cpu()  # the host reads: here, and only here
+                losses = stack.losses[read:step].cpu()
+                alive = stack.alive.cpu()
+                died_at = stack.died_at.cpu()
+                for j, r in enumerate(results):
+                    if r.failure is not None:
+                        continue
+                    why = int(stack.why[j])
+                    end = step if alive[j] else int(died_at[j])
+                    kept = end - 1 if why == NONFINITE else end  # a non-finite loss is not logged
+                    r.losses.extend((read + k + 1, v) for k, v in enumerate(losses[:kept - read, j].tolist()))
+                    if alive[j]:
+                        r.history.append((step, float(acc[j])))
+                    else:
+                        r.failed_step = end
+                        r.failure = _reason(why, end, float(losses[end - read - 1, j]), rule)
+                read = step
+                if on_eval is not None:
+                    on_eval(StackEval(step, [float(a) if alive[j] else math.nan for j, a in enumerate(acc.tolist())]))
+                if not alive.any():
+                    step = iters  # nothing left to train
+            if step >= iters:
+                break
+    alive = stack.alive.cpu()
+    for j, r in enumerate(results):
+        if alive[j] and r.failure is None:
+            r.accuracy = r.history[-1][1] if r.history else math.nan
+            r.state_dict = stack.state_dict(j)
+    return StackResult(results, time.perf_counter() - start, graph is not None)
+
+
+def _reason(why: int, step: int, last: float, rule: DivergenceRule) -> str:
+    if why == NONFINITE:
+        return f"diverged: training loss became {last} at iteration {step}"
+    return (f"diverged: training loss stayed above {rule.threshold:.3g} for {rule.window} iterations "
+            f"(at iteration {step}: {last:.4g})")
+

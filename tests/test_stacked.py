@@ -1,0 +1,108 @@
+"""The stacked trainer against the single-run loop (the reference), on the tiny dataset."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from ffnn import data
+from ffnn.models import REGISTRY, ModelSpec, seeded_model
+from ffnn.stacked import train_stacked
+from ffnn.train import DivergenceRule, TrainConfig, train
+
+BATCH, ITERS, EVAL = 20, 60, 20
+
+
+@pytest.fixture
+def ds(tiny, tmp_path):
+    torch.set_num_threads(1)
+    return data.load(tiny, tmp_path / "data")
+
+
+def stacked(ds, spec, seeds, lrs=None, **kw):
+    lrs = lrs if lrs is not None else [0.1] * len(seeds)
+    return train_stacked(spec, seeds, lrs, kw.pop("batch", BATCH), kw.pop("iters", ITERS), kw.pop("every", EVAL),
+                         ds.x_train, ds.y_train, ds.x_test, ds.y_test, **kw)
+
+
+def single(ds, spec, seed, lr=0.1, iters=ITERS):
+    losses = []
+    res = train(spec, TrainConfig(lr=lr, batch_size=BATCH, iters=iters, eval_every=EVAL, seed=seed),
+                ds.x_train, ds.y_train, ds.x_test, ds.y_test, lambda p: losses.extend(p.losses))
+    return res, losses
+
+
+@pytest.mark.parametrize("model", ["LR", "A", "B", "C", "D", "E"])
+def test_stacked_matches_the_single_run_loop(ds, model):
+    spec = REGISTRY[model]
+    res = stacked(ds, spec, [0, 1, 2, 3, 4])
+    for seed in (0, 3):
+        ref, ref_losses = single(ds, spec, seed)
+        got = [v for _, v in res.seeds[seed].losses[:20]]
+        want = [v for _, v in ref_losses[:20]]
+        assert len(got) == 20 and max(abs(a - b) for a, b in zip(got, want)) < 1e-5
+        assert [s for s, _ in res.seeds[seed].losses] == [s for s, _ in ref_losses]  # same steps
+    refs = [single(ds, spec, s)[0].accuracy for s in range(5)]
+    spread = statistics.stdev(refs) if len(set(refs)) > 1 else 0.0
+    mean_gap = abs(statistics.mean(r.accuracy for r in res.seeds) - statistics.mean(refs))
+    assert mean_gap <= max(spread, 0.5)
+
+
+def test_stacked_starts_from_the_single_run_weights(ds):
+    spec = REGISTRY["D"]
+    res = stacked(ds, spec, [4], iters=1, every=1, lrs=[1e-30])  # one step that changes nothing
+    want = seeded_model(spec, 4).state_dict()
+    got = res.seeds[0].state_dict
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("model", ["A", "B", "D"])
+def test_a_seed_gives_identical_numbers_whatever_its_stack(ds, model):
+    spec = REGISTRY[model]
+    alone = stacked(ds, spec, [3]).seeds[0]
+    among = stacked(ds, spec, [0, 1, 2, 3, 4, 5, 6]).seeds[3]
+    other = stacked(ds, spec, [9, 3]).seeds[1]
+    for r in (among, other):
+        assert r.losses == alone.losses and r.history == alone.history and r.accuracy == alone.accuracy
+        assert all(torch.equal(r.state_dict[k], alone.state_dict[k]) for k in alone.state_dict)
+
+
+def test_learning_rate_is_a_per_seed_vector(ds):
+    spec = REGISTRY["C"]
+    both = stacked(ds, spec, [1, 1], lrs=[0.1, 0.02])
+    fast, slow = stacked(ds, spec, [1], lrs=[0.1]).seeds[0], stacked(ds, spec, [1], lrs=[0.02]).seeds[0]
+    assert both.seeds[0].losses == fast.losses and both.seeds[1].losses == slow.losses
+    assert fast.losses[-1] != slow.losses[-1]
+
+
+def test_a_diverging_seed_is_frozen_and_failed_while_the_rest_go_on(ds):
+    spec = ModelSpec((300, 300, 300), "relu")
+    res = stacked(ds, spec, [0, 1, 2], lrs=[0.1, 1e6, 0.1])
+    bad = res.seeds[1]
+    assert bad.failure.startswith("diverged") and 1 <= bad.failed_step <= ITERS
+    assert bad.state_dict is None and math.isnan(bad.accuracy)
+    assert all(math.isfinite(v) for _, v in bad.losses) and len(bad.losses) < bad.failed_step + 1
+    alone = stacked(ds, spec, [0, 2])
+    for mine, ref in zip((res.seeds[0], res.seeds[2]), alone.seeds):  # nothing spread from seed 1
+        assert mine.failure is None and mine.losses == ref.losses and mine.accuracy == ref.accuracy
+
+
+def test_divergence_threshold_counts_only_losses_that_stay_high(ds):
+    spec = REGISTRY["C"]
+    # every loss of an untrained model (about ln 10) is above 1.0: diverged after `window` steps
+    res = stacked(ds, spec, [0], rule=DivergenceRule(threshold=1.0, window=5))
+    assert res.seeds[0].failed_step == 5 and "stayed above 1 for 5 iterations" in res.seeds[0].failure
+    # the loss falls below 1.5 before 200 steps: no divergence
+    res = stacked(ds, spec, [0], rule=DivergenceRule(threshold=1.5, window=200))
+    assert res.seeds[0].failure is None
+
+
+def test_single_run_loop_applies_the_same_divergence_rule(ds):
+    from ffnn.train import Diverged
+    with pytest.raises(Diverged, match="stayed above 1 for 5 iterations") as e:
+        train(REGISTRY["C"], TrainConfig(batch_size=BATCH, iters=ITERS, eval_every=EVAL), ds.x_train, ds.y_train,
+              ds.x_test, ds.y_test, rule=DivergenceRule(threshold=1.0, window=5))
+    assert e.value.step == 5
