@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -122,11 +123,12 @@ class _Stack:
             self.losses.index_copy_(0, self.t, loss[None])
             self.t += 1
             finite = torch.isfinite(loss)
-            self.above = torch.where(loss > self.threshold, self.above + 1, 0).to(torch.int32)
+            # every state update in place: a CUDA graph replays on the tensors it captured
+            self.above.copy_(torch.where(loss > self.threshold, self.above + 1, 0))
             bad = ~finite | (self.above >= self.window)
             newly = self.alive & bad
-            self.died_at = torch.where(newly, self.t, self.died_at)
-            self.why = torch.where(newly, torch.where(finite, ABOVE_THRESHOLD, NONFINITE).to(torch.int8), self.why)
+            self.died_at.copy_(torch.where(newly, self.t, self.died_at))
+            self.why.copy_(torch.where(newly, torch.where(finite, ABOVE_THRESHOLD, NONFINITE), self.why))
             self.alive &= ~bad
             rate = torch.where(self.alive, self.lr, 0.0)  # (S,) a frozen seed's steps are masked out
         for p in self.params():
@@ -187,23 +189,22 @@ class _Graph:
 
     def __init__(self, stack: _Stack, x: torch.Tensor, y: torch.Tensor, idx_shape: tuple[int, int]):
         self.idx = torch.zeros(idx_shape, dtype=torch.int64, device=x.device)
-        snapshot = [p.detach().clone() for p in stack.params()]
-        state = (stack.losses.clone(), stack.t.clone(), stack.alive.clone(), stack.above.clone(),
-                 stack.died_at.clone(), stack.why.clone())
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up steps, as the CUDA-graph notes ask; undone below
-            for _ in range(3):
+        state = [stack.losses, stack.t, stack.alive, stack.above, stack.died_at, stack.why]
+        saved = [t.detach().clone() for t in stack.params() + state]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up steps, as the CUDA-graph notes ask; undone below
+                for _ in range(3):
+                    stack.step(x, y, self.idx)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
                 stack.step(x, y, self.idx)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            stack.step(x, y, self.idx)
-        with torch.no_grad():
-            for p, v in zip(stack.params(), snapshot):
-                p.copy_(v)
-            for dst, v in zip((stack.losses, stack.t, stack.alive, stack.above, stack.died_at, stack.why), state):
-                dst.copy_(v)
+        finally:
+            with torch.no_grad():
+                for dst, v in zip(stack.params() + state, saved):
+                    dst.copy_(v)
 
     def run(self, idx: torch.Tensor) -> None:
         self.idx.copy_(idx, non_blocking=True)
@@ -243,9 +244,13 @@ def train_stacked(
         order = _epoch_orders(generators, n, device)
         for lo in range(0, n, batch_size):
             idx = order[:, lo:lo + batch_size]
-            if use_graph and idx.shape[1] == batch_size:
-                if graph is None:
+            if use_graph and graph is None and idx.shape[1] == batch_size:
+                try:
                     graph = _Graph(stack, x_train, y_train, tuple(idx.shape))
+                except RuntimeError as e:  # capture unsupported here: the same step, eagerly
+                    warnings.warn(f"CUDA graph capture failed, training eagerly: {e}")
+                    use_graph = False
+            if graph is not None and idx.shape[1] == batch_size:
                 graph.run(idx)
             else:
                 stack.step(x_train, y_train, idx)
