@@ -136,6 +136,7 @@ class _Comparison:
                          f"reports/{cfg.experiment}/"))
         status = "FINISHED"
         engine = None
+        start, store_before = time.perf_counter(), self.tracker.store_seconds
         try:
             engine = Engine(workers, partial(load, ctx.dataset, ctx.data_dir, device=str(ctx.device), verify=False),
                             run_stack)
@@ -160,6 +161,10 @@ class _Comparison:
                 self.tracker.end_run(self.parent, status)
             raise
         engine.close()
+        wall = time.perf_counter() - start
+        self.tracker.log_values(self.parent, {"wall_seconds": wall,
+                                              "tracking_seconds": self.tracker.store_seconds - store_before,
+                                              "runs_trained": len(todo)})
         self.tracker.end_run(self.parent, status)
 
     def _launch(self, stack: StackJob) -> StackJob | None:

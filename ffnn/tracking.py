@@ -153,11 +153,27 @@ def _init_lock(db: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _timed(fn):
+    """Adds the call's wall time to ``self.store_seconds`` (outermost calls only)."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        if self._depth:
+            return fn(self, *args, **kwargs)
+        self._depth += 1
+        start = time.perf_counter()
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self.store_seconds += time.perf_counter() - start
+            self._depth -= 1
+    return wrapper
+
+
 def _writes_finish_before_interrupts(cls):
-    """Every public method runs with SIGINT/SIGTERM deferred: a write is never cut in half."""
+    """Every public method runs with SIGINT/SIGTERM deferred, so a write is never cut in half, and is timed."""
     for name, member in list(vars(cls).items()):
         if not name.startswith("_") and inspect.isfunction(member):
-            setattr(cls, name, deferring(member))
+            setattr(cls, name, deferring(_timed(member)))
     return cls
 
 
@@ -167,6 +183,8 @@ class Tracker:
     uri: str
     client: MlflowClient
     _artifact_uris: dict[str, str] = field(default_factory=dict)  # run id -> artifact URI, runs created here
+    store_seconds: float = 0.0  # wall time spent in this tracker's calls (reads and writes), for the record
+    _depth: int = 0
 
     @classmethod
     def open(cls, uri: str | None = None) -> "Tracker":
