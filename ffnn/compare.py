@@ -17,12 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import data as data_mod
 from .config import CompareConfig, validate_train
 from .errors import Interrupted, deferred_interrupts, ignore_interrupts
-from .models import ModelSpec, count_params
+from .models import ModelSpec, build_model, count_params
 from .tracking import TAG_KEY, TAG_KIND, Tracker, run_key
 from .train import Diverged, EvalPoint, TrainConfig, device_name, resolve_device, train
 
@@ -57,6 +58,7 @@ class RunRow:
     accuracy: float
     seconds: float
     failure: str = ""
+    run_id: str = ""
 
 
 # CPU matmul results depend on the thread count; one thread per training process makes a
@@ -134,7 +136,7 @@ def compare(cfg: CompareConfig, data_dir: str, data_source: str | None, tracking
     folder = data_mod.prepare(spec, data_dir, data_source)
     validate_train(cfg.train, data_mod.count_examples(folder))
     tracker = Tracker.open(tracking_uri)
-    exp_id = tracker.experiment_id(cfg.experiment)
+    exp_id = tracker.experiment_id(cfg.experiment, description=experiment_description(cfg.experiment))
     tracker.fail_orphans(exp_id)
 
     all_jobs = [Job(m, cfg.spec(m), replace(cfg.train, seed=s)) for m in cfg.models for s in range(cfg.seeds)]
@@ -161,10 +163,11 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
         exp_id, f"compare {','.join(cfg.models)} x{cfg.seeds}",
         params={"models": ",".join(cfg.models), "seeds": cfg.seeds, "dataset": cfg.dataset, "device": device.type,
                 "workers": workers, **{k: v for k, v in cfg.train.as_dict().items() if k != "seed"}},
-        tags={TAG_KIND: "comparison", **common_tags},
+        tags={TAG_KIND: "comparison", **common_tags}, system_metrics=True,
         description=(f"Compares {', '.join(f'{m} ({cfg.spec(m).describe()})' for m in cfg.models)} over "
                      f"{cfg.seeds} seeds on {cfg.dataset}; {len(todo)} runs trained by this invocation. "
                      f"Report: `ffnn report --experiment {cfg.experiment}` -> reports/{cfg.experiment}/"))
+    example = input_example(folder)
     active: dict[Future, tuple[Job, str]] = {}  # training in a worker
     open_runs: set[str] = set()  # created and not yet ended
     pool = None
@@ -201,7 +204,7 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
 
         def finish(run_id: str, result: JobResult) -> None:
             with deferred_interrupts():
-                _record(tracker, run_id, result)
+                _record(tracker, run_id, result, example)
                 open_runs.discard(run_id)
             say(f"{result.job.model} seed={result.job.cfg.seed}", result)
 
@@ -240,14 +243,15 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
     tracker.end_run(parent, status)
 
 
-def _record(tracker: Tracker, run_id: str, r: JobResult) -> None:
+def _record(tracker: Tracker, run_id: str, r: JobResult, example: np.ndarray) -> None:
     tracker.log_metrics(run_id, "train_loss", window_means(r.losses, LOSS_STRIDE))
     tracker.log_metrics(run_id, "test_accuracy", r.history)
     if r.error is None:
         tracker.log_values(run_id, {"final_test_accuracy": r.accuracy, "train_seconds": r.seconds},
                            step=r.job.cfg.iters)
-        tracker.log_files(run_id, {"state_dict.pt": r.weights,
-                                   "spec.json": _spec_json(r.job).encode()}, "model")
+        model = build_model(r.job.spec)
+        model.load_state_dict(torch.load(io.BytesIO(r.weights)))
+        tracker.log_torch_model(run_id, model, example)
         tracker.end_run(run_id, "FINISHED")
     else:
         tags = {"ffnn.failure": r.error.splitlines()[0][:500]}
@@ -265,10 +269,22 @@ def window_means(points: list[tuple[int, float]], stride: int) -> list[tuple[int
             for chunk in (points[i:i + stride] for i in range(0, len(points), stride))]
 
 
-def _spec_json(job: Job) -> str:
-    import json
-    return json.dumps({"model": job.model, "hidden": list(job.spec.hidden), "activation": job.spec.activation_name,
-                       "sizes": job.spec.sizes}, indent=2)
+EXAMPLE_ROWS = 5  # test images stored with each model as its input example
+
+
+def input_example(folder: Path) -> np.ndarray:
+    """The first test images as the models take them: (5, 784) float32 in [0, 1]."""
+    images = data_mod.read_idx(folder / "t10k-images-idx3-ubyte")[:EXAMPLE_ROWS]
+    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+
+
+def experiment_description(experiment: str) -> str:
+    """What a comparison experiment holds and which commands fill it (Markdown; the MLflow UI shows it)."""
+    return (f"Made by `ffnn compare --experiment {experiment}` and `ffnn tune --final` (tuned models, named "
+            f"like `C*`). One parent run per invocation, with system metrics; one nested run per (model, seed): "
+            f"parameters, test accuracy per evaluation, `final_test_accuracy`, and the trained network as an "
+            f"MLflow PyTorch model (`runs:/RUN_ID/model`). Statistics: `ffnn report --experiment {experiment}` "
+            f"writes reports/{experiment}/.")
 
 
 def _rows(tracker: Tracker, exp_id: str, jobs: list[Job], dataset: str) -> list[RunRow]:
@@ -281,7 +297,8 @@ def _rows(tracker: Tracker, exp_id: str, jobs: list[Job], dataset: str) -> list[
             continue
         j = wanted[key]
         row = RunRow(j.model, j.cfg.seed, r.info.status, r.data.metrics.get("final_test_accuracy", float("nan")),
-                     r.data.metrics.get("train_seconds", float("nan")), r.data.tags.get("ffnn.failure", ""))
+                     r.data.metrics.get("train_seconds", float("nan")), r.data.tags.get("ffnn.failure", ""),
+                     r.info.run_id)
         if key not in best or (best[key].status != "FINISHED" and row.status == "FINISHED"):
             best[key] = row
     return [best[k] for k in wanted if k in best]

@@ -471,7 +471,10 @@ def tune(cfg: TuneConfig, data_dir: str, data_source: str | None, tracking_uri: 
     validate_train(cfg.train, n_train - cfg.val_size)
     storage = open_storage(cfg.storage)
     tracker = Tracker.open(tracking_uri)
-    exp_id = tracker.experiment_id(cfg.experiment)
+    exp_id = tracker.experiment_id(cfg.experiment, description=(
+        f"Made by `ffnn tune --experiment {cfg.experiment}`: one parent run per Optuna study (its search space, "
+        f"best_params.json, Optuna's plots), one nested run per trial (validation accuracy per evaluation; "
+        f"pruned trials KILLED). Trials live in the Optuna storage too: `make dashboard`."))
     tracker.fail_orphans(exp_id)
     workers = worker_count(cfg.workers, device, cfg.n_trials)
     context = {"spec": spec, "folder": folder, "n_train": n_train,
