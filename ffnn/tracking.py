@@ -71,6 +71,8 @@ BEST_ALIAS = "best"  # registry alias of each model's best seed
 
 for _name in ("alembic", "mlflow"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# it warns at every model that pickled models run code when loaded (README: load models from stores you trust)
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
 class TrackingError(UserError):
