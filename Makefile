@@ -7,6 +7,12 @@ FFNN := $(BIN)/ffnn
 SHARED_MNIST := $(wildcard ../shared/datasets/mnist)
 DATA_SOURCE ?= $(if $(SHARED_MNIST),$(abspath $(SHARED_MNIST)),)
 ARGS ?=
+# MLflow's usage telemetry stays off in everything make starts (optuna-dashboard included);
+# FFNN_TELEMETRY=1 leaves it to MLflow's defaults (README: Telemetry).
+ifneq ($(FFNN_TELEMETRY),1)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+endif
 
 .PHONY: install data compare report tune test test-slow bench ui dashboard screenshots clean
 

@@ -32,6 +32,12 @@ def _tracking_flags(p: argparse.ArgumentParser) -> None:
                    help="MLflow tracking URI (env MLFLOW_TRACKING_URI; default sqlite:///mlruns/mlflow.db)")
 
 
+def _register_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--register", action="store_true",
+                   help="register each model's best seed (highest final test accuracy) in the MLflow Model "
+                        "Registry as <experiment>-<model> with alias 'best' (C* -> <experiment>-C-tuned)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffnn", description=__doc__.splitlines()[0], formatter_class=Formatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -59,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the file's, mnist)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: the file's)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    _register_flag(p)
     _data_flags(p)
     _tracking_flags(p)
 
@@ -99,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain each study's best configuration on the full training set over --seeds seeds "
                         "and log them as comparison runs (model name e.g. C*)")
     p.add_argument("--seeds", type=int, default=None, help="seeds for --final (default: the file's, 5)")
+    _register_flag(p)
     _data_flags(p)
     _tracking_flags(p)
 
@@ -175,9 +183,36 @@ def cmd_compare(args) -> int:
     rows, exp_id = compare(cfg, ctx, _progress([]))
     print_table(rows, cfg)
     print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {ctx.tracker.uri}  (make ui to browse)")
+    if args.register:
+        register_best(cfg.experiment, ctx.tracker, rows)
     if not args.no_report:
         report_after(cfg.experiment, ctx.tracker.uri)
-    return 0
+    return exit_status(rows)
+
+
+def exit_status(rows) -> int:
+    """0 when no requested run ended FAILED, else 1 (after saying how many)."""
+    failed = [r for r in rows if r.status == "FAILED"]
+    if failed:
+        print(f"\n{len(failed)} of {len(rows)} runs FAILED (see the table): exit status 1", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def register_best(experiment: str, tracker, rows) -> None:
+    """Each model's best FINISHED seed, by final test accuracy, as ``models:/<experiment>-<model>@best``."""
+    from .tracking import BEST_ALIAS, registry_name
+
+    best = {}
+    for r in rows:
+        if r.status == "FINISHED" and r.run_id and not math.isnan(r.accuracy) and \
+                (r.model not in best or r.accuracy > best[r.model].accuracy):
+            best[r.model] = r
+    for model, r in best.items():
+        name = registry_name(experiment, model)
+        version = tracker.register_model(
+            name, r.run_id, description=f"{model} seed {r.seed} of experiment {experiment!r}: the best final "
+                                        f"test accuracy ({r.accuracy:.2f}%) among its seeds, so an optimistic one")
+        print(f"registered {model} seed {r.seed} ({r.accuracy:.2f}%): models:/{name}@{BEST_ALIAS} (version {version})")
 
 
 def build_context(dataset: str, device: str, args):
@@ -259,7 +294,10 @@ def cmd_tune(args) -> int:
                  "sampler": args.sampler, "pruner": args.pruner, "experiment": args.experiment,
                  "device": args.device, "iters": args.iters, "final": args.final or None, "seeds": args.seeds}
     cfg = build_tune_config(read_toml(args.config), overrides)
-    res = tune(cfg, build_context(cfg.dataset, cfg.device, args),
+    if args.register and not cfg.final:
+        raise UserError("--register registers the models that --final retrains; pass --final too")
+    ctx = build_context(cfg.dataset, cfg.device, args)
+    res = tune(cfg, ctx,
                lambda msg: print(msg, file=sys.stderr, flush=True), _progress([]))
     print_tune(res, cfg)
     if res.final:
@@ -269,16 +307,24 @@ def cmd_tune(args) -> int:
             spec = next(s.best_spec for s in res.studies if s.model == name.rstrip("*")) if name.endswith("*") \
                 else None
             print(f"{name:<6} {(spec.describe() if spec else 'tutorial'):<28} {len(acc):>5} {_fmt(acc):>20}")
+        rows = [r for found in res.final.values() for r in found]
+        if args.register:
+            register_best(cfg.final_experiment, ctx.tracker, rows)
         report_after(cfg.final_experiment, res.tracking_uri)
+        return exit_status(rows)
     return 0
 
 
 def cmd_ui(args) -> int:
-    from .tracking import ui_server
+    from .tracking import Tracker, runs_link, ui_server
 
     try:
         with ui_server(args.tracking_uri, args.port) as (url, server):
-            print(f"MLflow UI at {url}  (Ctrl-C to stop)", flush=True)
+            print(f"MLflow UI at {url}  (Ctrl-C to stop); choose 'Model training' at the top of its sidebar "
+                  f"to open experiments on their runs, or follow a direct link:")
+            for exp_id, name in Tracker.open(args.tracking_uri).experiments():
+                print(f"  runs of {name}: {runs_link(url, exp_id)}")
+            sys.stdout.flush()
             server.wait()
     except (Interrupted, KeyboardInterrupt):
         print("MLflow UI stopped")

@@ -10,22 +10,24 @@ seeds of the stacks in flight, and the next run trains them again.
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import time
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .config import CompareConfig, validate_train
 from .context import Context
-from .data import load
+from .data import load, read_idx
 from .engine import Engine, worker_count
 from .errors import Interrupted, deferred_interrupts, ignore_interrupts
 from .jobs import Job, JobResult, StackJob, run_stack
-from .models import count_params
+from .models import build_model, count_params
 from .tracking import TAG_KEY, TAG_KIND, Tracker, run_key
 from .train import DivergenceRule
 
@@ -42,6 +44,7 @@ class RunRow:
     accuracy: float
     seconds: float
     failure: str = ""
+    run_id: str = ""
 
 
 # ---------------------------------------------------------------- planning
@@ -90,7 +93,7 @@ def compare(cfg: CompareConfig, ctx: Context, progress: Progress | None = None) 
     """Train what is missing; return every (model, seed) row and the experiment id."""
     validate_train(cfg.train, ctx.n_train)
     tracker = ctx.tracker
-    exp_id = tracker.experiment_id(cfg.experiment)
+    exp_id = tracker.experiment_id(cfg.experiment, description=experiment_description(cfg.experiment))
     tracker.fail_orphans(exp_id)
 
     all_jobs = [Job(m, cfg.spec(m), replace(cfg.train, seed=s)) for m in cfg.models for s in range(cfg.seeds)]
@@ -109,6 +112,7 @@ class _Comparison:
     def __init__(self, cfg: CompareConfig, ctx: Context, exp_id: str, say: Progress):
         self.cfg, self.ctx, self.exp_id, self.say = cfg, ctx, exp_id, say
         self.tracker: Tracker = ctx.tracker
+        self.example = input_example(ctx.folder)  # stored with each model
         self.open_runs: dict[str, dict] = {}  # run id -> its params (logged when it ends), created and not yet ended
         self.run_ids: dict[tuple[str, int], str] = {}  # (model, seed) -> run id, for the stacks in flight
         self.common_tags = {"ffnn.device_name": ctx.device_name, "ffnn.torch_version": torch.__version__,
@@ -129,7 +133,7 @@ class _Comparison:
                          **{k: v for k, v in cfg.train.as_dict().items() if k != "seed"}}
         self.parent = self.tracker.start_run(
             self.exp_id, f"compare {','.join(cfg.models)} x{cfg.seeds}", params=parent_params,
-            tags={TAG_KIND: "comparison", **self.common_tags},
+            tags={TAG_KIND: "comparison", **self.common_tags}, system_metrics=True,
             description=(f"Compares {', '.join(f'{m} ({cfg.spec(m).describe()})' for m in cfg.models)} over "
                          f"{cfg.seeds} seeds on {cfg.dataset}; {len(todo)} runs trained by this invocation in "
                          f"{len(queue)} stacks. Report: `ffnn report --experiment {cfg.experiment}` -> "
@@ -200,7 +204,7 @@ class _Comparison:
             with deferred_interrupts():
                 self.tracker.log_dataset(run_id, self.cfg.dataset, self.ctx.dataset.digest,
                                          str(self.ctx.folder.resolve()), self.ctx.n_train, self.ctx.n_test)
-                _record(self.tracker, run_id, r, self.open_runs.pop(run_id))
+                _record(self.tracker, run_id, r, self.open_runs.pop(run_id), self.example)
             self.say(f"{r.job.model} seed={r.job.cfg.seed}", r)
 
     def _crashed(self, stack: StackJob, error: str) -> None:
@@ -209,14 +213,16 @@ class _Comparison:
                              for s in stack.seeds])
 
 
-def _record(tracker: Tracker, run_id: str, r: JobResult, params: dict) -> None:
-    """A seed's params, metrics, tags, weights and end, in as few store writes as MLflow allows."""
+def _record(tracker: Tracker, run_id: str, r: JobResult, params: dict, example: np.ndarray) -> None:
+    """A seed's params, metrics, tags, network and end, in as few store writes as MLflow allows."""
     tags = {"ffnn.engine": r.engine, "ffnn.stack_size": str(r.stack_size)} if r.engine else {}
     series = {"train_loss": r.losses, "test_accuracy": r.history}
     if r.error is None:
+        model = build_model(r.job.spec)
+        model.load_state_dict(torch.load(io.BytesIO(r.weights)))
+        tags.update(tracker.log_torch_model(run_id, model, example))
         tracker.log_run(run_id, series, {"final_test_accuracy": r.accuracy, "train_seconds": r.seconds,
                                          "stack_seconds": r.stack_seconds}, r.job.cfg.iters, tags, params)
-        tracker.log_files(run_id, {"state_dict.pt": r.weights, "spec.json": _spec_json(r.job).encode()}, "model")
         tracker.end_run(run_id, "FINISHED")
     else:
         tags["ffnn.failure"] = r.error.splitlines()[0][:500]
@@ -226,9 +232,22 @@ def _record(tracker: Tracker, run_id: str, r: JobResult, params: dict) -> None:
         tracker.end_run(run_id, "FAILED")
 
 
-def _spec_json(job: Job) -> str:
-    return json.dumps({"model": job.model, "hidden": list(job.spec.hidden), "activation": job.spec.activation_name,
-                       "sizes": job.spec.sizes}, indent=2)
+EXAMPLE_ROWS = 5  # test images stored with each model as its input example
+
+
+def input_example(folder: Path) -> np.ndarray:
+    """The first test images as the models take them: (5, 784) float32 in [0, 1]."""
+    images = read_idx(folder / "t10k-images-idx3-ubyte")[:EXAMPLE_ROWS]
+    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+
+
+def experiment_description(experiment: str) -> str:
+    """What a comparison experiment holds and which commands fill it (Markdown; the MLflow UI shows it)."""
+    return (f"Made by `ffnn compare --experiment {experiment}` and `ffnn tune --final` (tuned models, named "
+            f"like `C*`). One parent run per invocation, with system metrics; one nested run per (model, seed): "
+            f"parameters, test accuracy per evaluation, `final_test_accuracy`, and the trained network as an "
+            f"MLflow PyTorch model (`runs:/RUN_ID/model`). Statistics: `ffnn report --experiment {experiment}` "
+            f"writes reports/{experiment}/.")
 
 
 def _rows(tracker: Tracker, exp_id: str, jobs: list[Job], dataset: str) -> list[RunRow]:
@@ -241,7 +260,8 @@ def _rows(tracker: Tracker, exp_id: str, jobs: list[Job], dataset: str) -> list[
             continue
         j = wanted[key]
         row = RunRow(j.model, j.cfg.seed, r.info.status, r.data.metrics.get("final_test_accuracy", float("nan")),
-                     r.data.metrics.get("train_seconds", float("nan")), r.data.tags.get("ffnn.failure", ""))
+                     r.data.metrics.get("train_seconds", float("nan")), r.data.tags.get("ffnn.failure", ""),
+                     r.info.run_id)
         if key not in best or (best[key].status != "FINISHED" and row.status == "FINISHED"):
             best[key] = row
     return [best[k] for k in wanted if k in best]

@@ -28,17 +28,41 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 from urllib.parse import urlparse
 
-import mlflow
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+# MLflow sends usage telemetry unless told not to, and decides when it is imported: switch it off
+# first, for this process and every process it starts (mlflow server, training workers).
+TELEMETRY_OPT_IN = "FFNN_TELEMETRY"  # =1: leave MLflow's telemetry to MLflow's defaults and the user's settings
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+def telemetry_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with MLflow's telemetry off, unless it opts in with ``FFNN_TELEMETRY=1``.
+
+    ``telemetry_env({})["MLFLOW_DISABLE_TELEMETRY"] == "true"``
+    """
+    env = dict(env)
+    if env.get(TELEMETRY_OPT_IN) != "1":
+        env.update(NO_TELEMETRY)
+    return env
+
+
+if os.environ.get(TELEMETRY_OPT_IN) != "1":
+    os.environ.update(NO_TELEMETRY)
+
+import mlflow  # noqa: E402  (after the telemetry switch above)
 import pandas as pd
 import sqlalchemy
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_LOGGED_MODELS, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from .errors import UserError, deferring
 
@@ -49,9 +73,13 @@ TAG_OWNER = "ffnn.owner"  # host:pid of the process that created a RUNNING run
 # MLflow 3's UI shows an experiment as a runs table (not as GenAI traces) when it has this tag.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
+MODEL_PATH = "model"  # the artifact folder of a run's trained network (MLflow PyTorch flavor)
+BEST_ALIAS = "best"  # registry alias of each model's best seed
 
 for _name in ("alembic", "mlflow"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# it warns at every model that pickled models run code when loaded (README: load models from stores you trust)
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
 class TrackingError(UserError):
@@ -185,6 +213,7 @@ class Tracker:
     _artifact_uris: dict[str, str] = field(default_factory=dict)  # run id -> artifact URI, runs created here
     store_seconds: float = 0.0  # wall time spent in this tracker's calls (reads and writes), for the record
     _depth: int = 0
+    monitors: dict[str, "SystemMetrics"] = field(default_factory=dict, repr=False)  # run id -> its sampler
 
     @classmethod
     def open(cls, uri: str | None = None) -> "Tracker":
@@ -212,28 +241,40 @@ class Tracker:
         return cls(uri, client)
 
     # experiments -----------------------------------------------------------
-    def experiment_id(self, name: str, create: bool = True) -> str | None:
+    def experiment_id(self, name: str, create: bool = True, description: str | None = None) -> str | None:
+        """The experiment's id, created if missing; ``description`` (Markdown) is set unless it has one."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if create and exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
                 self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+            if create and description and not exp.tags.get(MLFLOW_RUN_NOTE):
+                self.client.set_experiment_tag(exp.experiment_id, MLFLOW_RUN_NOTE, description)
             return exp.experiment_id
         if not create:
             return None
+        tags = {EXPERIMENT_KIND: MODEL_TRAINING, **({MLFLOW_RUN_NOTE: description} if description else {})}
         try:
             root = artifact_root(self.uri)
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-            return self.client.create_experiment(name, artifact_location=root and f"{root}/{slug}",
-                                                 tags={EXPERIMENT_KIND: MODEL_TRAINING})
+            return self.client.create_experiment(name, artifact_location=root and f"{root}/{slug}", tags=tags)
         except MlflowException:  # created meanwhile by a concurrent process
             return self.client.get_experiment_by_name(name).experiment_id
 
     def experiment_names(self) -> list[str]:
         return [e.name for e in self.client.search_experiments()]
 
+    def experiments(self) -> list[tuple[str, str]]:
+        """(id, name) of every experiment but MLflow's empty ``Default``, oldest first."""
+        found = sorted(self.client.search_experiments(), key=lambda e: int(e.experiment_id) if
+                       e.experiment_id.isdigit() else 0)
+        return [(e.experiment_id, e.name) for e in found
+                if not (e.name == "Default" and not self.client.search_runs([e.experiment_id], max_results=1))]
+
     # runs ------------------------------------------------------------------
     def start_run(self, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, str],
-                  parent_id: str | None = None, description: str | None = None) -> str:
+                  parent_id: str | None = None, description: str | None = None,
+                  system_metrics: bool = False) -> str:
+        """Create a RUNNING run; ``system_metrics`` samples CPU, memory and GPU into it until ``end_run``."""
         tags = {**tags, TAG_OWNER: owner(),
                 MLFLOW_GIT_COMMIT: git_commit(), "ffnn.git_commit": git_commit()}
         if parent_id:
@@ -245,9 +286,17 @@ class Tracker:
         self._artifact_uris[run_id] = run.info.artifact_uri
         if params:
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        if system_metrics:
+            self.monitors[run_id] = SystemMetrics(self.uri, run_id)
         return run_id
 
+    def system_metrics(self, run_id: str) -> "SystemMetrics":
+        """``with tracker.system_metrics(run_id):`` samples CPU, memory and GPU into the run meanwhile."""
+        return SystemMetrics(self.uri, run_id)
+
     def end_run(self, run_id: str, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+        if run_id in self.monitors:
+            self.monitors.pop(run_id).stop()
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.set_terminated(run_id, status=status, end_time=now_ms())
@@ -291,15 +340,65 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in files.items():
                 (Path(tmp) / name).write_bytes(content)
-            if run_id in self._artifact_uris:  # a run this process created: no store read to find where
-                get_artifact_repository(self._artifact_uris[run_id], tracking_uri=self.uri).log_artifacts(
-                    tmp, artifact_path)
-            else:
-                self.client.log_artifacts(run_id, tmp, artifact_path)
+            self._artifact_repo(run_id).log_artifacts(tmp, artifact_path)
+
+    def _artifact_repo(self, run_id: str):
+        """Where the run's artifacts go; for a run this process created, found without a store read."""
+        uri = self._artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
+        return get_artifact_repository(uri, tracking_uri=self.uri)
 
     def log_paths(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for p in paths:
             self.client.log_artifact(run_id, str(p), artifact_path)
+
+    # models ----------------------------------------------------------------
+    def log_torch_model(self, run_id: str, model: "torch.nn.Module", input_example: "np.ndarray") -> dict[str, str]:
+        """Save ``model`` as the run's ``model/`` in MLflow's PyTorch flavor, loadable with
+        ``mlflow.pytorch.load_model("runs:/<run_id>/model")`` and servable with ``mlflow models serve``;
+        returns the tag that ``mlflow.pytorch.log_model`` would set (the UI's Models column), for the
+        caller to log with the run's other tags.
+
+        ``input_example``: (k, 784) float32 images as the model takes them; the signature is inferred from
+        it and the model's output. Saved to a temporary folder and uploaded as artifacts: no LoggedModel
+        entity, no requirement inference (``MODEL_REQUIREMENTS`` are pinned), no store read or write here.
+        """
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import Model, infer_signature
+
+        model = model.cpu().eval()
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example)).numpy()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / MODEL_PATH
+            # "pickle": loads back as the nn.Sequential itself (a "pt2" export is a graph that refuses .eval())
+            mlflow.pytorch.save_model(model, path, signature=infer_signature(input_example, output),
+                                      input_example=input_example, pip_requirements=model_requirements(),
+                                      serialization_format="pickle")
+            self._artifact_repo(run_id).log_artifacts(str(path), MODEL_PATH)
+            meta = Model.load(path)
+        meta.run_id, meta.artifact_path = run_id, MODEL_PATH
+        return {MLFLOW_LOGGED_MODELS: json.dumps([meta.get_tags_dict()])}
+
+    def register_model(self, name: str, run_id: str, alias: str = BEST_ALIAS, description: str = "") -> int:
+        """Register the run's ``model/`` as a new version of ``name`` and point ``alias`` at it; returns the version.
+
+        Loadable as ``models:/<name>@<alias>``. A run already registered under ``name`` keeps its version.
+        """
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(name, description=description or None)
+            except MlflowException:  # created meanwhile by a concurrent process
+                pass
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_PATH}"
+        mine = [v for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")]
+        version = (max(int(v.version) for v in mine) if mine else
+                   int(self.client.create_model_version(name, source, run_id=run_id, description=description or None,
+                                                        tags={"ffnn.run_id": run_id}).version))
+        self.client.set_registered_model_alias(name, alias, str(version))
+        return version
 
     def finished_keys(self, experiment_id: str) -> set[str]:
         """``run_key`` tags of FINISHED child runs in the experiment."""
@@ -399,6 +498,74 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
 
 
+@functools.cache
+def model_requirements() -> list[str]:
+    """The pip requirements stored with every model: what loading it needs, pinned to this environment.
+
+    Given explicitly so that MLflow does not infer them per model (slow, and it would guess).
+    """
+    import cloudpickle
+    import numpy
+    import torch
+    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+            f"numpy=={numpy.__version__}", f"cloudpickle=={cloudpickle.__version__}"]
+
+
+def registry_name(experiment: str, model: str) -> str:
+    """The Model Registry name of an experiment's model: ``registry_name("compare", "C*") == "compare-C-tuned"``.
+
+    ``*`` (a tuned model) reads badly in ``models:/`` URIs; ``/`` and ``:`` are not allowed in names.
+    """
+    return re.sub(r"[/:]", "_", f"{experiment}-{model.replace('*', '-tuned')}")
+
+
+class SystemMetrics:
+    """MLflow's own ``SystemMetricsMonitor`` on one run: a thread samples CPU, memory, disk, network and
+    (with nvidia-ml-py and an NVIDIA GPU) GPU use every ``interval`` seconds and logs their mean over
+    ``samples`` samples as ``system/*`` metrics, through its own client, as the run's only other writer.
+
+    ``stop`` (or leaving the ``with`` block) ends the thread and logs the samples taken since the last
+    point, so a short run gets at least one.
+    """
+
+    def __init__(self, uri: str, run_id: str, interval: float = 2.0, samples: int = 5):
+        self.monitor = None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            self.monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=samples,
+                                                tracking_uri=uri)
+        except ImportError as e:  # psutil is missing
+            logging.getLogger(__name__).warning(f"no system metrics: {e}")
+            return
+        self.monitor.start()
+
+    def stop(self) -> None:
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return
+        monitor.finish()  # sets the thread's stop event and joins it
+        leftover = {k: v for k, v in monitor.aggregate_metrics().items() if v == v}
+        if leftover:
+            monitor.publish_metrics(leftover)
+            monitor.mlflow_logger.flush()
+
+    def __enter__(self) -> "SystemMetrics":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def runs_link(url: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment.
+
+    MLflow 3.17's UI opens an experiment on its GenAI overview (traces) unless the workflow type is
+    "machine learning": the sidebar's GenAI / Model training switch, remembered per browser, or
+    ``workflowType`` in the URL. The experiment's ``mlflow.experimentKind`` tag is not read. The link sets it.
+    """
+    return f"{url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -427,7 +594,8 @@ def ui_server(uri: str | None = None, port: int = 5000, host: str = "127.0.0.1",
         cmd += ["--default-artifact-root", root]
     url = f"http://{host}:{port}"
     out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=telemetry_env(os.environ))
     try:
         deadline = time.time() + timeout
         while True:

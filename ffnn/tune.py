@@ -300,7 +300,10 @@ def tune(cfg: TuneConfig, ctx: Context, progress: Callable[[str], None] | None =
     validate_train(cfg.train, ctx.n_train - cfg.val_size)
     storage = open_storage(cfg.storage)
     tracker = ctx.tracker
-    exp_id = tracker.experiment_id(cfg.experiment)
+    exp_id = tracker.experiment_id(cfg.experiment, description=(
+        f"Made by `ffnn tune --experiment {cfg.experiment}`: one parent run per Optuna study (its search space, "
+        f"best_params.json, Optuna's plots), one nested run per trial (validation accuracy per evaluation; "
+        f"pruned trials KILLED). Trials live in the Optuna storage too: `make dashboard`."))
     tracker.fail_orphans(exp_id)
     workers = worker_count(cfg.workers, ctx.device, cfg.n_trials)
 

@@ -6,15 +6,20 @@ the reason where they cannot be had. Screenshots land in the test's tmp dir.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ffnn import cli
-from ffnn.tracking import Tracker, ui_server
+from ffnn.tracking import Tracker, free_port, ui_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -158,3 +163,124 @@ def test_html_report_renders_offline_with_plots(store, browser, tmp_path):
     assert images and all(browser.execute_script("return arguments[0].naturalWidth", img) > 100 for img in images)
     assert browser.find_elements("tag name", "table")
     screenshot(browser, tmp_path, "report.png")
+
+
+def test_new_user_reaches_the_comparison_runs_from_the_home_page(store, ui, browser, tmp_path):
+    """Home page -> the sidebar's 'Model training' switch -> the experiment: its runs table."""
+    tracker = Tracker.open(store["uri"])
+    exp = tracker.experiment_id("browse", create=False)
+    parent = tracker.search(exp, "tags.`ffnn.kind` = 'comparison'")[0]
+    browser.get(f"{ui}/")
+    browser.execute_script("window.localStorage.clear()")  # a browser that has never seen MLflow
+    browser.get(f"{ui}/")
+    wait_for_text(browser, "Model training", "browse")
+    browser.find_element("xpath", "//*[text()='Model training']").click()
+    wait_for(lambda: browser.find_elements("xpath", "//a[text()='browse']"), "the experiment's link")
+    browser.find_element("xpath", "//a[text()='browse']").click()
+    body = wait_for_text(browser, parent.info.run_name, "Run Name", "Made by ffnn compare")
+    assert "Traces" not in body.split("Run Name")[1][:200]  # the runs table, not the traces overview
+    assert f"/experiments/{exp}/runs" in browser.current_url
+    screenshot(browser, tmp_path, "mlflow_home_to_runs.png")
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+# variables under which MLflow never sends telemetry anyway: removed, so that the test sees ffnn's own switch
+QUIET_ANYWAY = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK",
+                "FFNN_TELEMETRY")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_ffnn_ui_links_open_the_runs_table_and_its_server_sends_no_telemetry(store, browser, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ANYWAY}
+    proc = subprocess.Popen([sys.executable, "-m", "ffnn", "ui", "--port", "0", "--tracking-uri", store["uri"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        lines = []
+        while not any(line.startswith("  runs of browse-tune:") for line in lines):
+            line = proc.stdout.readline()
+            assert line, "ffnn ui ended early:\n" + "".join(lines)
+            lines.append(line)
+        url = lines[0].split()[3]
+        links = dict(line.strip().removeprefix("runs of ").split(": ", 1) for line in lines if "runs of" in line)
+        assert set(links) >= {"browse", "browse-tune"}
+
+        servers = _descendants(proc.pid)
+        assert servers, "no mlflow server process under ffnn ui"
+        for pid in servers:
+            assert _environ(pid).get("MLFLOW_DISABLE_TELEMETRY") == "true", f"process {pid}"
+        with urllib.request.urlopen(f"{url}/ajax-api/3.0/mlflow/ui-telemetry", timeout=10) as r:
+            assert json.loads(r.read())["disable_ui_telemetry"] is True  # the UI's own events go nowhere
+
+        tracker = Tracker.open(store["uri"])
+        parent = tracker.search(tracker.experiment_id("browse", create=False),
+                                "tags.`ffnn.kind` = 'comparison'")[0]
+        browser.get(links["browse"])
+        wait_for_text(browser, parent.info.run_name, "Run Name", "Models")
+        _expand(browser, parent.info.run_name)
+        body = wait_for_text(browser, "C seed=0", "D seed=1")
+        assert body.count("pytorch") >= 4  # the Models column names the flavor of each child run's model
+        screenshot(browser, tmp_path, "mlflow_runs_link.png")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0 and "MLflow UI stopped" in out
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="no make")
+def test_make_dashboard_shows_the_study_and_its_trials(store, browser, tmp_path):
+    """`make dashboard` (optuna-dashboard) on the tiny study of the store fixture; telemetry off there too."""
+    port = free_port()
+    storage = f"sqlite:///{store['tmp']}/mlruns/optuna.db"
+    # -o install: the venv is set up already; make must not reinstall it under the test
+    proc = subprocess.Popen(["make", "-s", "-o", "install", "dashboard", f"STORAGE={storage}",
+                             f"DASHBOARD_PORT={port}", f"BIN={os.path.dirname(sys.executable)}"],
+                            cwd=REPO, stdout=open(tmp_path / "dashboard.log", "w"), stderr=subprocess.STDOUT,
+                            env={k: v for k, v in os.environ.items() if k not in QUIET_ANYWAY},
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        def answers() -> bool:
+            assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"{url}/api/studies", timeout=2):
+                    return True
+            except OSError:
+                return False
+        wait_for(answers, "optuna-dashboard to answer", timeout=90)
+        dashboards = [p for p in _descendants(proc.pid) if "optuna-dashboard" in
+                      Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        assert dashboards and all(_environ(p).get("MLFLOW_DISABLE_TELEMETRY") == "true" for p in dashboards)
+
+        browser.get(f"{url}/dashboard")
+        wait_for_text(browser, "tune-C")
+        browser.find_element("xpath", "//*[text()='tune-C']").click()
+        wait_for_text(browser, "History")
+        screenshot(browser, tmp_path, "optuna_dashboard.png")
+        browser.get(browser.current_url.rstrip("/") + "/trials")
+        wait_for_text(browser, "Trial 0", "Trial 1", "Trial 2")
+        screenshot(browser, tmp_path, "optuna_dashboard_trials.png")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
