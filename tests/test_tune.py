@@ -3,6 +3,7 @@ with Optuna's and MLflow's own APIs."""
 
 import json
 import shutil
+import sqlite3
 import subprocess
 
 import optuna
@@ -57,6 +58,8 @@ def empty_store(tmp_path_factory):
     """An MLflow SQLite store created once (its migrations take seconds); each test copies it."""
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
     Tracker.open(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:  # WAL mode: move the log into the file, which alone is copied
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return path
 
 
