@@ -6,9 +6,11 @@ happens here, in the parent, through one ``Tracker``: one writer per store.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
+import random
 import signal
 import time
 import traceback
@@ -23,7 +25,7 @@ from . import data as data_mod
 from .config import CompareConfig, validate_train
 from .errors import Interrupted, deferred_interrupts, ignore_interrupts
 from .models import ModelSpec, count_params
-from .tracking import TAG_KEY, TAG_KIND, Tracker, run_key
+from .tracking import TAG_KEY, TAG_KIND, Tracker, TrackingError, heartbeat_interval, run_key
 from .train import Diverged, EvalPoint, TrainConfig, device_name, resolve_device, train
 
 
@@ -165,8 +167,10 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
         description=(f"Compares {', '.join(f'{m} ({cfg.spec(m).describe()})' for m in cfg.models)} over "
                      f"{cfg.seeds} seeds on {cfg.dataset}; {len(todo)} runs trained by this invocation. "
                      f"Report: `ffnn report --experiment {cfg.experiment}` -> reports/{cfg.experiment}/"))
+    tracker.start_heartbeat(parent)  # other processes see this one alive while it is fresh
     active: dict[Future, tuple[Job, str]] = {}  # training in a worker
     open_runs: set[str] = set()  # created and not yet ended
+    others: dict[str, Job] = {}  # run key -> job another process holds: trained again if that process dies
     pool = None
     status = "FINISHED"
     try:
@@ -189,12 +193,16 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
 
         def launch(job: Job) -> str | None:
             """Create, claim and register the run as one step that an interrupt cannot split."""
+            key = key_of(job, cfg.dataset)
             with deferred_interrupts():
+                if tracker.taken(exp_id, key):
+                    others[key] = job
+                    return None
                 run_id = start(job)
                 open_runs.add(run_id)
-                if not tracker.claim(exp_id, key_of(job, cfg.dataset), run_id):
+                if not tracker.claim(exp_id, key, run_id):
                     open_runs.discard(run_id)
-                    say(f"{job.model} seed={job.cfg.seed}: skipped, another process has run or is running it", None)
+                    others[key] = job
                     return None
                 tracker.log_dataset(run_id, cfg.dataset, spec.digest, source, n_train, n_test)
                 return run_id
@@ -205,7 +213,9 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
                 open_runs.discard(run_id)
             say(f"{result.job.model} seed={result.job.cfg.seed}", result)
 
-        while queue or active:
+        while queue or active or others:
+            if not queue and not active:
+                queue = _orphaned(tracker, exp_id, others, say)
             while queue and len(active) < workers:
                 job = queue.pop(0)
                 run_id = launch(job)
@@ -227,17 +237,30 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
                     finish(run_id, result)
     except BaseException as e:
         status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
-        with ignore_interrupts():  # a second Ctrl-C must not cut the clean-up short
+        with ignore_interrupts(), contextlib.suppress(TrackingError):  # a second Ctrl-C must not cut the
+            if pool is not None:                                          # clean-up short; a lost server ends it
+                pool.shutdown(wait=False, cancel_futures=True)
             for run_id in open_runs:
                 tracker.end_run(run_id, status, {"ffnn.failure": f"interrupted ({e or 'SIGINT'})"
                                                  if status == "KILLED" else "comparison crashed"})
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
             tracker.end_run(parent, status)
         raise
     if pool is not None:
         pool.shutdown(wait=True)
     tracker.end_run(parent, status)
+
+
+def _orphaned(tracker: Tracker, exp_id: str, others: dict[str, Job], say: Progress) -> list[Job]:
+    """Wait a heartbeat for the jobs other processes hold; return those nobody holds any more (their owner
+    died, or they failed) and forget those that FINISHED."""
+    time.sleep(heartbeat_interval() * random.uniform(0.5, 1.0))  # jitter: two idle processes do not collide
+    finished, free = tracker.open_keys(exp_id, others)
+    for key in finished:
+        del others[key]
+    jobs = [others.pop(key) for key in list(others) if key in free]
+    if jobs:
+        say(f"{len(jobs)} run(s) that another process left unfinished: taking them over", None)
+    return jobs
 
 
 def _record(tracker: Tracker, run_id: str, r: JobResult) -> None:
