@@ -19,7 +19,9 @@ import signal
 import threading
 import time
 import warnings
+import zlib
 from collections import Counter
+from datetime import datetime
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -210,7 +212,7 @@ class StaleTrials:
         reason = (f"owner {trial.user_attrs.get('owner', '?')} stopped: no heartbeat within "
                   f"{heartbeat_grace():g} s; retried as a new trial")
         tags = {TAG_STATE: "FAIL", "ffnn.failure": reason}
-        run_id = trial.user_attrs.get("mlflow_run_id") or _trial_run(self.tracker, self.exp_id, study, trial.number)
+        run_id = _trial_run(self.tracker, self.exp_id, study, trial.number)
         if run_id is None:
             model = next((m for m in self.cfg.families if self.cfg.name_of(m) == study.study_name), "")
             parents = self.tracker.find_runs(self.exp_id, {TAG_KIND: "study", TAG_STUDY: study.study_name})
@@ -224,9 +226,22 @@ class StaleTrials:
 
 def _trial_run(tracker: Tracker, exp_id: str, study: optuna.Study, number: int) -> str | None:
     """The MLflow run of trial ``number``, found by its tags, if it has one."""
-    found = tracker.find_runs(exp_id, {TAG_KIND: "trial", TAG_STUDY: study.study_name})
-    runs = [r for r in found if tracker.client.get_run(r).data.params.get("trial_number") == str(number)]
-    return runs[0] if runs else None
+    runs = tracker.search(exp_id, f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_STUDY}` = '{study.study_name}' "
+                                  f"and params.trial_number = '{number}'")
+    return runs[0].info.run_id if runs else None
+
+
+def _fail_unowned(study: optuna.Study) -> None:
+    """FAIL (and retry) RUNNING trials older than the grace period that no process took up: their process
+    died between asking and recording its first heartbeat, so Optuna's heartbeat cannot see them."""
+    grace = heartbeat_grace()
+    on_stale = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        age = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0
+        if t.user_attrs.get("owner_trial") != t.number and age > grace:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if on_stale is not None:
+                on_stale(study, t)
 
 
 class _TrialHeartbeat:
@@ -288,8 +303,9 @@ def _fingerprint(cfg: TuneConfig, model: str) -> dict:
 
 
 def make_sampler(cfg: TuneConfig, n_existing: int) -> optuna.samplers.BaseSampler:
-    # seeded by the history's length: a resumed study must not replay the first run's random points
-    seed = cfg.sampler_seed + n_existing
+    # seeded by the history's length: a resumed study must not replay the first run's random points;
+    # and by the process (host:pid): processes sharing a study at once must not sample the same points
+    seed = (cfg.sampler_seed + n_existing + zlib.crc32(owner().encode())) % 2**32
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # constant_liar: running trials count as bad guesses, so parallel workers spread out
@@ -387,8 +403,11 @@ class _Study:
         with warnings.catch_warnings():  # Optuna warns that its heartbeat is meant for study.optimize
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(self.study)  # dead processes' trials: FAILED and queued again
+            _fail_unowned(self.study)
             trial = self.study.ask()
         self.heartbeat.add(trial)
+        trial.set_user_attr("owner", owner())
+        trial.set_user_attr("owner_trial", trial.number)  # a retried trial inherits its failed twin's attrs
         spec, lr = suggest(trial, self.family)
         job = TrialJob(trial.number, spec, replace(self.cfg.train, lr=lr))
         c = job.cfg
@@ -402,7 +421,7 @@ class _Study:
             tags={TAG_KIND: "trial", TAG_STUDY: self.study.study_name, TAG_STATE: "RUNNING",
                   "ffnn.model": self.model, "ffnn.spec": spec.describe()},
             parent_id=self.parent_id)
-        for k, v in {"owner": owner(), "mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str}.items():
+        for k, v in {"mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str}.items():
             trial.set_user_attr(k, v)
         self.running[trial.number] = _Running(trial, run_id, job)
         self.started += 1
