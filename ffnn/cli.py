@@ -258,7 +258,8 @@ def cmd_tune(args) -> int:
     from .tune import tune
 
     overrides = {"models": args.model, "n_trials": args.n_trials, "timeout": args.timeout,
-                 "storage": args.storage or os.environ.get("FFNN_OPTUNA_STORAGE"), "study_name": args.study_name, "workers": args.workers,
+                 "storage": args.storage or os.environ.get("FFNN_OPTUNA_STORAGE"), "study_name": args.study_name,
+                 "workers": args.workers,
                  "sampler": args.sampler, "pruner": args.pruner, "experiment": args.experiment,
                  "device": args.device, "iters": args.iters, "final": args.final or None, "seeds": args.seeds}
     cfg = build_tune_config(read_toml(args.config), overrides)

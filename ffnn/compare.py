@@ -237,8 +237,9 @@ def _train_jobs(cfg: CompareConfig, todo: list[Job], spec: data_mod.DatasetSpec,
                     finish(run_id, result)
     except BaseException as e:
         status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
-        with ignore_interrupts(), contextlib.suppress(TrackingError):  # a second Ctrl-C must not cut the
-            if pool is not None:                                          # clean-up short; a lost server ends it
+        # a second Ctrl-C must not cut the clean-up short; with the server lost there is nothing to close
+        with ignore_interrupts(), contextlib.suppress(TrackingError):
+            if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
             for run_id in open_runs:
                 tracker.end_run(run_id, status, {"ffnn.failure": f"interrupted ({e or 'SIGINT'})"
