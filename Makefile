@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 endif
 
-.PHONY: install data compare report tune test test-slow bench ui dashboard screenshots clean
+.PHONY: install data compare report tune test test-slow test-cluster cluster cluster-stop bench ui dashboard screenshots clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,16 @@ DASHBOARD_PORT ?= 8080
 dashboard: install
 	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) $(STORAGE)
 
+# PostgreSQL + an authenticated MLflow server in the background, data under mlruns/cluster/,
+# URIs and credentials in mlruns/cluster.env; HOST=0.0.0.0 serves other machines; PORT, PGPORT
+# (only when given on the command line: shells often export HOST)
+arg = $(if $(filter command line,$(origin $(1))),$(2) $($(1)))
+cluster: install
+	$(FFNN) cluster start $(call arg,HOST,--host) $(call arg,PORT,--port) $(call arg,PGPORT,--pg-port)
+
+cluster-stop: install
+	$(FFNN) cluster stop
+
 ui: install
 	$(FFNN) ui $(ARGS)
 
@@ -48,11 +58,16 @@ screenshots: install
 	FFNN_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_browser.py
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not cluster" $(ARGS)
 
 # kill/resume, signals, concurrent processes, headless Chromium: CI runs these too
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow $(ARGS)
+	$(BIN)/python -m pytest -q -m "slow and not cluster" $(ARGS)
+
+# several processes as machines on a real PostgreSQL and MLflow server (their own, in a temporary
+# folder; or the running cluster under FFNN_TEST_CLUSTER=mlruns, as .ci/run does)
+test-cluster: install
+	$(BIN)/python -m pytest -q -m cluster $(ARGS)
 
 bench: data
 	$(BIN)/python benchmarks/bench.py $(ARGS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import signal
 import sys
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="seconds per study (default: none)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file path "
-                        "(default: the file's, sqlite:///mlruns/optuna.db)")
+                        "(default: env FFNN_OPTUNA_STORAGE, else the file's, sqlite:///mlruns/optuna.db)")
     p.add_argument("--study-name", default=None, help="study name (default: tune-<model>)")
     p.add_argument("--workers", type=int, default=None,
                    help="training processes sharing each study; 0 = one per CPU core (default: the file's, 0)")
@@ -114,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the MLflow UI on the project's store, bound to 127.0.0.1; Ctrl-C stops it.")
     p.add_argument("--port", type=int, default=5000, help="port; 0 picks a free one")
     _tracking_flags(p)
+
+    p = sub.add_parser("cluster", formatter_class=Formatter,
+                       help="start/stop a PostgreSQL and an MLflow server for several machines",
+                       description="Start (in the background), stop or show a local PostgreSQL (Optuna's studies, "
+                                   "MLflow's runs) and an authenticated MLflow tracking server serving artifacts; "
+                                   "data, logs and state under ROOT/cluster/, the URIs and credentials in "
+                                   "ROOT/cluster.env (mode 0600). Starting again reuses the data.")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--root", default="mlruns", help="folder holding cluster/ and cluster.env")
+    p.add_argument("--host", default="127.0.0.1", help="address both services bind to; 0.0.0.0 serves other machines")
+    p.add_argument("--port", type=int, default=None, help="MLflow server port (default: last time's, else a free one)")
+    p.add_argument("--pg-port", type=int, default=None, help="PostgreSQL port (default: last time's, else a free one)")
+    p.add_argument("--advertise", default=None,
+                   help="host name other machines use in the URIs (default: --host, or this machine's name)")
+    p.add_argument("--network", default=None,
+                   help="who may log in to PostgreSQL, as a pg_hba address (default: 127.0.0.1/32 on loopback, "
+                        "samenet with --host 0.0.0.0)")
 
     p = sub.add_parser("data", formatter_class=Formatter, help="fetch and verify a dataset",
                        description="Put the verified dataset files into --data-dir.")
@@ -290,7 +308,8 @@ def cmd_tune(args) -> int:
     from .tune import tune
 
     overrides = {"models": args.model, "n_trials": args.n_trials, "timeout": args.timeout,
-                 "storage": args.storage, "study_name": args.study_name, "workers": args.workers,
+                 "storage": args.storage or os.environ.get("FFNN_OPTUNA_STORAGE"), "study_name": args.study_name,
+                 "workers": args.workers,
                  "sampler": args.sampler, "pruner": args.pruner, "experiment": args.experiment,
                  "device": args.device, "iters": args.iters, "final": args.final or None, "seeds": args.seeds}
     cfg = build_tune_config(read_toml(args.config), overrides)
@@ -315,6 +334,28 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_cluster(args) -> int:
+    from .cluster import Cluster
+
+    cluster = Cluster(args.root)
+    if args.action == "stop":
+        stopped = cluster.stop()
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        return 0
+    if args.action == "start":
+        cluster.start(args.host, args.port, args.pg_port, args.advertise, args.network)
+    up = cluster.status()
+    env = cluster.env()
+    for name, running in up.items():
+        print(f"{name}: {'running' if running else 'stopped'}")
+    if env:
+        print(f"MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']}")
+        print(f"FFNN_OPTUNA_STORAGE={env['FFNN_OPTUNA_STORAGE']}")
+        print(f"credentials in {cluster.env_file} (mode 0600); on each machine: "
+              f"set -a; . {cluster.env_file}; set +a")
+    return 0 if args.action != "status" or all(up.values()) else 1
+
+
 def cmd_ui(args) -> int:
     from .tracking import Tracker, runs_link, ui_server
 
@@ -331,7 +372,7 @@ def cmd_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"compare": cmd_compare, "data": cmd_data, "report": cmd_report, "tune": cmd_tune, "ui": cmd_ui}
+COMMANDS = {"cluster": cmd_cluster, "compare": cmd_compare, "data": cmd_data, "report": cmd_report, "tune": cmd_tune, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

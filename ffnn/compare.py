@@ -10,8 +10,10 @@ seeds of the stacks in flight, and the next run trains them again.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import random
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -28,7 +30,7 @@ from .engine import Engine, worker_count
 from .errors import Interrupted, deferred_interrupts, ignore_interrupts
 from .jobs import Job, JobResult, StackJob, run_stack
 from .models import build_model, count_params
-from .tracking import TAG_KEY, TAG_KIND, Tracker, run_key
+from .tracking import TAG_KEY, TAG_KIND, Tracker, TrackingError, heartbeat_interval, run_key
 from .train import DivergenceRule
 
 CPU_MAX_STACK = 50  # seeds per stack on the CPU; more buys nothing there (the matmuls are at peak)
@@ -115,6 +117,7 @@ class _Comparison:
         self.example = input_example(ctx.folder)  # stored with each model
         self.open_runs: dict[str, dict] = {}  # run id -> its params (logged when it ends), created and not yet ended
         self.run_ids: dict[tuple[str, int], str] = {}  # (model, seed) -> run id, for the stacks in flight
+        self.others: dict[str, Job] = {}  # run key -> job another process holds: trained if that process dies
         self.common_tags = {"ffnn.device_name": ctx.device_name, "ffnn.torch_version": torch.__version__,
                             "ffnn.dataset_sha256": ctx.dataset.digest,
                             # cuBLAS may pick other kernels for other stack sizes; the CPU path does not
@@ -138,6 +141,7 @@ class _Comparison:
                          f"{cfg.seeds} seeds on {cfg.dataset}; {len(todo)} runs trained by this invocation in "
                          f"{len(queue)} stacks. Report: `ffnn report --experiment {cfg.experiment}` -> "
                          f"reports/{cfg.experiment}/"))
+        self.tracker.start_heartbeat(self.parent)  # other processes see this one alive while it is fresh
         status = "FINISHED"
         engine = None
         start, store_before = time.perf_counter(), self.tracker.store_seconds
@@ -152,16 +156,22 @@ class _Comparison:
                         return stack
                 return None
 
-            engine.run(next_job, self._finish, self._crashed)
+            while True:
+                engine.run(next_job, self._finish, self._crashed)
+                if not self.others:
+                    break
+                # what other processes hold: wait for it, and train what their death left behind
+                queue = plan_stacks(self._orphaned(), ctx.device, n_cpu_workers, rule, cfg.stack_size or None)
         except BaseException as e:
             status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
-            with ignore_interrupts():  # a second Ctrl-C must not cut the clean-up short
+            # a second Ctrl-C must not cut the clean-up short; with the server lost there is nothing to close
+            with ignore_interrupts(), contextlib.suppress(TrackingError):
+                if engine is not None:
+                    engine.close(graceful=False)
                 reason = f"interrupted ({e or 'SIGINT'})" if status == "KILLED" else "comparison crashed"
                 for run_id, params in list(self.open_runs.items()):
                     self.tracker.log_run(run_id, {}, {}, 0, {"ffnn.failure": reason}, params)
                     self.tracker.end_run(run_id, status)
-                if engine is not None:
-                    engine.close(graceful=False)
                 self.tracker.end_run(self.parent, status)
             raise
         engine.close()
@@ -175,10 +185,14 @@ class _Comparison:
         """Create and claim a run per seed, as one step that an interrupt cannot split; keep the seeds won."""
         cfg, ctx = self.cfg, self.ctx
         with deferred_interrupts():
+            held = self.tracker.held_keys(self.exp_id)
             created = {}
             for seed in stack.seeds:
                 job = stack.job(seed)
                 key = key_of(job, cfg.dataset)
+                if key in held:  # finished or running elsewhere: trained again only if its owner dies
+                    self.others[key] = job
+                    continue
                 # params go with the metrics when the run ends: one store write fewer per run
                 run_id = self.tracker.start_run(
                     self.exp_id, f"{job.model} seed={seed}", {},
@@ -192,15 +206,34 @@ class _Comparison:
             for key, (seed, run_id) in created.items():
                 if key not in won:
                     del self.open_runs[run_id]
-                    self.say(f"{stack.model} seed={seed}: skipped, another process has run or is running it", None)
+                    self.others[key] = stack.job(seed)
                     continue
                 self.run_ids[(stack.model, seed)] = run_id
                 seeds.append(seed)
         return replace(stack, seeds=tuple(seeds)) if seeds else None
 
+    def _orphaned(self) -> list[Job]:
+        """Wait a heartbeat for the jobs other processes hold; return those nobody holds any more (their
+        owner died, or they failed) and forget those that FINISHED."""
+        time.sleep(heartbeat_interval() * random.uniform(0.5, 1.0))  # jitter: two idle processes do not collide
+        finished, free = self.tracker.open_keys(self.exp_id, self.others)
+        for key in finished:
+            del self.others[key]
+        jobs = [self.others.pop(key) for key in list(self.others) if key in free]
+        if jobs:
+            self.say(f"{len(jobs)} run(s) that another process left unfinished: taking them over", None)
+        return jobs
+
     def _finish(self, stack: StackJob, results: list[JobResult]) -> None:
+        ids = {r.job.cfg.seed: self.run_ids.pop((stack.model, r.job.cfg.seed)) for r in results}
+        # a run another process found dead (a heartbeat too late) and took over stays as that process left it
+        status = self.tracker.statuses(self.exp_id, ids.values())
         for r in results:
-            run_id = self.run_ids.pop((stack.model, r.job.cfg.seed))
+            run_id = ids[r.job.cfg.seed]
+            if status.get(run_id, "RUNNING") != "RUNNING":
+                self.open_runs.pop(run_id)
+                self.say(f"{r.job.model} seed={r.job.cfg.seed}: taken over by another process meanwhile", None)
+                continue
             with deferred_interrupts():
                 self.tracker.log_dataset(run_id, self.cfg.dataset, self.ctx.dataset.digest,
                                          str(self.ctx.folder.resolve()), self.ctx.n_train, self.ctx.n_test)

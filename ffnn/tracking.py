@@ -23,6 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -70,6 +71,14 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG_KIND = "ffnn.kind"  # "comparison" (parent), "run" (child), "study", "trial"
 TAG_KEY = "ffnn.run_key"  # hash of everything that determines a child run's result
 TAG_OWNER = "ffnn.owner"  # host:pid of the process that created a RUNNING run
+# ms since the epoch, refreshed every few seconds by the process owning the run's comparison, on
+# that comparison's parent run: one small write per process and interval, whatever the run count
+TAG_HEARTBEAT = "ffnn.heartbeat"
+GRACE_ENV, HOST_ENV = "FFNN_HEARTBEAT_GRACE", "FFNN_HOST"
+DEFAULT_GRACE = 120.0  # seconds without a heartbeat after which an owner counts as dead
+# An unreachable tracking server fails a command within about 20 s instead of MLflow's minutes of retries.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 # MLflow 3's UI shows an experiment as a runs table (not as GenAI traces) when it has this tag.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -128,15 +137,41 @@ def run_key(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def host() -> str:
+    """This machine's name in owner tags: ``FFNN_HOST`` when set (meant for tests that let processes
+    stand in for machines), else the host name."""
+    return os.environ.get(HOST_ENV) or socket.gethostname()
+
+
 def owner() -> str:
     """``host:pid`` of this process, as recorded on the runs and trials it opens."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{host()}:{os.getpid()}"
+
+
+def heartbeat_grace() -> float:
+    """Seconds without a heartbeat after which a run's owner counts as dead (``FFNN_HEARTBEAT_GRACE``)."""
+    raw = os.environ.get(GRACE_ENV)
+    if raw is None:
+        return DEFAULT_GRACE
+    try:
+        grace = float(raw)
+    except ValueError:
+        grace = -1.0
+    if not grace > 0:
+        raise UserError(f"{GRACE_ENV}={raw!r}: must be a number of seconds > 0")
+    return grace
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats: a quarter of the grace period, at most 10."""
+    return min(10.0, heartbeat_grace() / 4)
 
 
 def pid_alive(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # someone else's machine: cannot tell, leave it
+    """False only when ``owner`` ran on this host and its pid is gone; True when it cannot tell."""
+    host_, _, pid = owner.rpartition(":")
+    if host_ != host() or not pid.isdigit():
+        return True  # someone else's machine: the heartbeat decides
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -144,6 +179,12 @@ def pid_alive(owner: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _is_unreachable(e: Exception) -> bool:
+    text = str(e)
+    return ("API request to" in text and ("failed with exception" in text or "failed with timeout" in text)) \
+        or "Max retries exceeded" in text
 
 
 def _probe_server(uri: str, timeout: float = 10) -> None:
@@ -197,12 +238,63 @@ def _timed(fn):
     return wrapper
 
 
+def _cause(e: Exception) -> str:
+    """The last reason in MLflow's chained message: ``Connection refused``, ``Read timed out``..."""
+    text = str(e).splitlines()[0]
+    found = re.findall(r"(?:\] |: )([A-Z][^:\]\)\('\"]{3,80})(?=['\")\]]|$)", text)
+    return found[-1].strip() if found else text[-120:]
+
+
+def _translating(fn):
+    """A lost or refusing tracking server becomes one TrackingError line, not MLflow's traceback."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        if self._gone:  # clean-up after a lost server fails at once instead of retrying each write
+            raise TrackingError(self._gone)
+        try:
+            return fn(self, *args, **kwargs)
+        except MlflowException as e:
+            if _is_unreachable(e):
+                self._gone = f"tracking server {self.uri} went away ({_cause(e)})"
+                raise TrackingError(self._gone) from None
+            if e.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or "401" in str(e)[:200]:
+                raise TrackingError(f"tracking server {self.uri} refused the credentials "
+                                    f"(MLFLOW_TRACKING_USERNAME/PASSWORD, e.g. from mlruns/cluster.env)") from None
+            raise
+    return wrapper
+
+
 def _writes_finish_before_interrupts(cls):
-    """Every public method runs with SIGINT/SIGTERM deferred, so a write is never cut in half, and is timed."""
+    """Every public method runs with SIGINT/SIGTERM deferred, so a write is never cut in half; is timed;
+    and turns a lost server into a TrackingError."""
     for name, member in list(vars(cls).items()):
         if not name.startswith("_") and inspect.isfunction(member):
-            setattr(cls, name, deferring(_timed(member)))
+            setattr(cls, name, deferring(_timed(_translating(member))))
     return cls
+
+
+class _Heartbeat:
+    """A thread that stamps ``TAG_HEARTBEAT`` on one run every ``interval`` seconds, with its own client
+    (MLflow's clients are not shared between threads). A failed stamp is retried at the next beat."""
+
+    def __init__(self, uri: str, run_id: str, interval: float):
+        self.run_id = run_id
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._beat, args=(uri, interval), daemon=True,
+                                       name=f"ffnn-heartbeat-{run_id[:8]}")
+        self.thread.start()
+
+    def _beat(self, uri: str, interval: float) -> None:
+        client = MlflowClient(tracking_uri=uri)
+        while not self.stop_event.wait(interval):
+            try:
+                client.set_tag(self.run_id, TAG_HEARTBEAT, str(now_ms()))
+            except Exception:  # the main thread reports a lost server; the next beat tries again
+                pass
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
 
 
 @_writes_finish_before_interrupts
@@ -214,6 +306,8 @@ class Tracker:
     store_seconds: float = 0.0  # wall time spent in this tracker's calls (reads and writes), for the record
     _depth: int = 0
     monitors: dict[str, "SystemMetrics"] = field(default_factory=dict, repr=False)  # run id -> its sampler
+    _heartbeat: _Heartbeat | None = None
+    _gone: str | None = None  # why the server is lost, once it is
 
     @classmethod
     def open(cls, uri: str | None = None) -> "Tracker":
@@ -228,6 +322,8 @@ class Tracker:
         if db is not None and not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _sqlite_wal):
             sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _sqlite_wal)
         if uri.startswith(("http://", "https://")):
+            for k, v in HTTP_DEFAULTS.items():
+                os.environ.setdefault(k, v)
             _probe_server(uri)  # MLflow's client retries an unreachable server for minutes
         try:
             # Opening a new SQLite store creates its tables; two processes doing that at
@@ -237,6 +333,9 @@ class Tracker:
                 client.search_experiments(max_results=1)
         except Exception as e:  # connection errors come as many types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "401" in first or "nauthori" in first:
+                raise TrackingError(f"tracking server {uri} refused the credentials: set MLFLOW_TRACKING_USERNAME "
+                                    f"and MLFLOW_TRACKING_PASSWORD (e.g. from mlruns/cluster.env)") from None
             raise TrackingError(f"tracking URI {uri!r} is unreachable or malformed: {first}") from None
         return cls(uri, client)
 
@@ -294,9 +393,18 @@ class Tracker:
         """``with tracker.system_metrics(run_id):`` samples CPU, memory and GPU into the run meanwhile."""
         return SystemMetrics(self.uri, run_id)
 
+    def start_heartbeat(self, run_id: str) -> None:
+        """Stamp this process's heartbeat on ``run_id`` (its comparison's parent run) until that run ends;
+        the runs nested under it count as alive while it is fresh."""
+        self.set_tags(run_id, {TAG_HEARTBEAT: str(now_ms())})
+        self._heartbeat = _Heartbeat(self.uri, run_id, heartbeat_interval())
+
     def end_run(self, run_id: str, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
         if run_id in self.monitors:
             self.monitors.pop(run_id).stop()
+        if self._heartbeat is not None and self._heartbeat.run_id == run_id:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.set_terminated(run_id, status=status, end_time=now_ms())
@@ -406,57 +514,102 @@ class Tracker:
         return {r.data.tags.get(TAG_KEY) for r in runs}
 
     def claim(self, experiment_id: str, key: str, run_id: str) -> bool:
-        """Keep ``run_id`` only if no other run with this key is FINISHED or live and older."""
+        """``claim_many`` for one run."""
         return key in self.claim_many(experiment_id, {key: run_id})
 
     def claim_many(self, experiment_id: str, mine: dict[str, str]) -> set[str]:
         """For each ``key -> run_id`` just created, keep the run only if no other run with that key is
-        FINISHED, or RUNNING in a live process and older; return the keys kept, delete the other runs.
+        FINISHED or RUNNING with a live owner; delete the others; return the keys kept.
 
-        Two processes that create the same run at once both call this; the older run (by start time,
-        then id) wins and the other is deleted, so exactly one trains. One search serves every key.
+        Each process creates its runs, then looks: whoever sees another live run with a key deletes its
+        own. Two processes that create the same key at the same moment may both step back (never both
+        go on); the job stays unclaimed, and ``open_keys`` hands it out again. One search serves every key.
         """
         if not mine:
             return set()
-        runs = self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' "
-                                          f"and attributes.status != 'FAILED' and attributes.status != 'KILLED'")
-        by_key: dict[str, list] = {}
-        for r in runs:
-            key = r.data.tags.get(TAG_KEY)
-            if key in mine:
-                by_key.setdefault(key, []).append(r)
+        held = self.held_keys(experiment_id, exclude=set(mine.values()))
         kept = set()
-        alive: dict[str, bool] = {}
         for key, run_id in mine.items():
-            others = by_key.get(key, [])
-            me = next((r for r in others if r.info.run_id == run_id), None)
-            rank = (me.info.start_time, run_id) if me is not None else (now_ms(), run_id)
-            beaten = False
-            for r in others:
-                if r.info.run_id == run_id:
-                    continue
-                if r.info.status == "FINISHED":
-                    beaten = True
-                elif r.info.status == "RUNNING" and (r.info.start_time, r.info.run_id) < rank:
-                    who = r.data.tags.get(TAG_OWNER, "")
-                    if who not in alive:
-                        alive[who] = pid_alive(who)
-                    beaten = beaten or alive[who]
-            if beaten:
+            if key in held:
                 self.client.delete_run(run_id)
             else:
                 kept.add(key)
         return kept
 
+    def held_keys(self, experiment_id: str, exclude: set[str] = frozenset()) -> set[str]:
+        """``run_key`` tags of child runs FINISHED, or RUNNING with a live owner; runs in ``exclude`` aside."""
+        runs = self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' and attributes.status != 'FAILED' "
+                                          f"and attributes.status != 'KILLED'")
+        beats: dict[str, int | None] = {}
+        return {r.data.tags.get(TAG_KEY) for r in runs if r.info.run_id not in exclude and (
+            r.info.status == "FINISHED" or (r.info.status == "RUNNING" and self._alive(r, beats)))}
+
+    def statuses(self, experiment_id: str, run_ids: Iterable[str]) -> dict[str, str]:
+        """``run_id -> status`` of the given runs of the experiment, in one search per 100."""
+        ids, out = list(run_ids), {}
+        for i in range(0, len(ids), 100):
+            quoted = ", ".join(f"'{r}'" for r in ids[i:i + 100])
+            for r in self.search(experiment_id, f"attributes.run_id IN ({quoted})"):
+                out[r.info.run_id] = r.info.status
+        return out
+
+    def open_keys(self, experiment_id: str, keys: Iterable[str]) -> tuple[set[str], set[str]]:
+        """Of ``keys``: those FINISHED, and those nobody is running (dead owners' runs marked FAILED first)."""
+        self.fail_orphans(experiment_id)
+        runs = self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' and attributes.status != 'FAILED' "
+                                          f"and attributes.status != 'KILLED'")
+        finished = {r.data.tags.get(TAG_KEY) for r in runs if r.info.status == "FINISHED"}
+        running = {r.data.tags.get(TAG_KEY) for r in runs if r.info.status == "RUNNING"}
+        keys = set(keys)
+        return keys & finished, keys - finished - running
+
     def fail_orphans(self, experiment_id: str) -> int:
-        """Mark RUNNING runs whose creating process is gone as FAILED; return how many."""
-        n = 0
+        """Mark RUNNING runs whose owner is dead as FAILED, with the reason; return how many.
+
+        Dead: its process is gone from this host, or its heartbeat is older than ``FFNN_HEARTBEAT_GRACE``
+        seconds, whatever host it ran on. Runs with no heartbeat (tune's, whose trials Optuna's
+        heartbeat watches) are judged by the pid check alone.
+        """
+        n, beats = 0, {}
         for r in self.search(experiment_id, "attributes.status = 'RUNNING'"):
-            owner = r.data.tags.get(TAG_OWNER)
-            if owner and not pid_alive(owner):
-                self.end_run(r.info.run_id, "FAILED", {"ffnn.failure": "process ended without closing the run"})
+            reason = self._death(r, beats)
+            if reason:
+                self.end_run(r.info.run_id, "FAILED", {"ffnn.failure": reason})
                 n += 1
         return n
+
+    def _alive(self, run, beats: dict) -> bool:
+        return self._death(run, beats) is None
+
+    def _death(self, run, beats: dict[str, int | None]) -> str | None:
+        """Why ``run``'s owner counts as dead, or None while it may be alive. ``beats`` caches heartbeats."""
+        owner_ = run.data.tags.get(TAG_OWNER)
+        if not owner_ or owner_ == owner():
+            return None
+        if not pid_alive(owner_):
+            return f"process {owner_} ended without closing the run"
+        holder = run.info.run_id if TAG_HEARTBEAT in run.data.tags else run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+        if holder is None:
+            return None
+        if holder not in beats:
+            if holder == run.info.run_id:
+                beat = run.data.tags.get(TAG_HEARTBEAT)
+            else:
+                try:
+                    beat = self.client.get_run(holder).data.tags.get(TAG_HEARTBEAT)
+                except MlflowException as e:
+                    if _is_unreachable(e):
+                        raise
+                    beat = None  # parent deleted
+            beats[holder] = int(beat) if beat and beat.isdigit() else None
+        beat = beats[holder]
+        if beat is None:
+            return None  # no heartbeat kept (an older ffnn, or a tune run): the pid check alone decides
+        age = (now_ms() - beat) / 1000
+        grace = heartbeat_grace()
+        if age > grace:
+            return f"owner {owner_} stopped: no heartbeat for {age:.0f} s (grace {grace:g} s)"
+        return None
 
     def search(self, experiment_id: str, filter_string: str) -> list:
         runs, token = [], None

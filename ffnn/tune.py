@@ -14,8 +14,12 @@ import json
 import math
 import re
 import signal
+import threading
 import time
+import warnings
+import zlib
 from collections import Counter
+from datetime import datetime
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -32,7 +36,7 @@ from .engine import Engine, worker_count
 from .errors import Interrupted, UserError, deferring, ignore_interrupts, install_interrupt_handlers
 from .jobs import LOSS_STRIDE, Outcome, TrialJob, load_split, trial_work, window_means
 from .models import REGISTRY, ModelSpec, count_params
-from .tracking import TAG_KIND, Tracker, owner, pid_alive
+from .tracking import TAG_KIND, Tracker, heartbeat_grace, heartbeat_interval, owner, pid_alive
 from .train import EvalPoint, TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -74,8 +78,15 @@ def storage_label(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB URL (``sqlite:///...``, ``postgresql://...``), ``redis://...``, or a journal file path."""
+def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.BaseStorage:
+    """An RDB URL (``sqlite:///...``, ``postgresql://...``), ``redis://...``, or a journal file path.
+
+    RDB storages keep Optuna's heartbeat: a RUNNING trial whose heartbeat is older than
+    ``FFNN_HEARTBEAT_GRACE`` seconds is FAILED by the next process that asks, and ``on_stale`` is called
+    with it (see ``StaleTrials``)."""
+    grace = heartbeat_grace()
+    beat = {"heartbeat_interval": max(1, int(heartbeat_interval())), "grace_period": max(2, math.ceil(grace)),
+            "heartbeat_stale_trial_callback": on_stale}
     try:
         if url.startswith("redis://"):
             from optuna.storages.journal import JournalRedisBackend
@@ -84,13 +95,14 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             from optuna.storages.journal import JournalFileBackend
             return optuna.storages.JournalStorage(JournalFileBackend(url))
+        warnings.filterwarnings("ignore", "Argument ``heartbeat_interval``", optuna.exceptions.ExperimentalWarning)
         if not url.startswith("sqlite:///"):
-            return optuna.storages.RDBStorage(url)
+            return optuna.storages.RDBStorage(url, **beat)
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             try:
                 # another tune or optuna-dashboard may hold the lock for a moment: wait, do not fail
-                return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+                return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
             except Exception:
                 if attempt == 2:
                     raise
@@ -98,6 +110,109 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except Exception as e:  # driver and connection errors come as many types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise StorageError(f"Optuna storage {storage_label(url)!r} is unusable: {first}") from None
+
+
+class StaleTrials:
+    """Called for each trial whose process stopped beating (or is gone from this host): Optuna has FAILED
+    it; this retries it (``RetryHeartbeatStaleTrialCallback``: the same params, a new trial) and ends its MLflow run
+    FAILED with the reason, creating that run if its process died before it could."""
+
+    def __init__(self, cfg: TuneConfig):
+        self.cfg = cfg
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+        self.tracker: Tracker | None = None  # set once the tracking store is open
+        self.exp_id = ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry(study, trial)
+        if self.tracker is None:
+            return
+        reason = (f"owner {trial.user_attrs.get('owner', '?')} stopped: no heartbeat within "
+                  f"{heartbeat_grace():g} s; retried as a new trial")
+        tags = {TAG_STATE: "FAIL", "ffnn.failure": reason}
+        run_id = _trial_run(self.tracker, self.exp_id, study, trial.number)
+        if run_id is None:
+            model = next((m for m in self.cfg.families if self.cfg.name_of(m) == study.study_name), "")
+            parents = self.tracker.find_runs(self.exp_id, {TAG_KIND: "study", TAG_STUDY: study.study_name})
+            run_id = self.tracker.start_run(
+                self.exp_id, f"study {run_label(self.cfg, model) if model else study.study_name} trial {trial.number}",
+                {"trial_number": trial.number, **trial.params},
+                tags={TAG_KIND: "trial", TAG_STUDY: study.study_name, "ffnn.model": model},
+                parent_id=parents[0] if parents else None)
+        self.tracker.end_run(run_id, "FAILED", tags)
+
+
+def _trial_run(tracker: Tracker, exp_id: str, study: optuna.Study, number: int) -> str | None:
+    """The MLflow run of trial ``number``, found by its tags, if it has one."""
+    runs = tracker.search(exp_id, f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_STUDY}` = '{study.study_name}' "
+                                  f"and params.trial_number = '{number}'")
+    return runs[0].info.run_id if runs else None
+
+
+def _fail_unowned(study: optuna.Study) -> None:
+    """FAIL (and retry) RUNNING trials older than the grace period that no process took up: their process
+    died between asking and recording its first heartbeat, so Optuna's heartbeat cannot see them."""
+    grace = heartbeat_grace()
+    on_stale = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        age = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0
+        if t.user_attrs.get("owner_trial") != t.number and age > grace:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if on_stale is not None:
+                on_stale(study, t)
+
+
+class _TrialHeartbeat:
+    """Records Optuna's heartbeat for this process's running trials from a thread (``study.optimize``
+    would do it; we ask and tell ourselves). One write per trial and interval."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage):
+        self.storage = storage
+        self.trial_ids: set[int] = set()
+        self.enabled = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="ffnn-trial-heartbeat")
+        if self.enabled:
+            self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.stop_event.wait(self.storage.get_heartbeat_interval()):
+            for trial_id in list(self.trial_ids):
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # a lost database shows in the main thread; the next beat tries again
+                    pass
+
+    def add(self, trial: optuna.Trial) -> None:
+        if self.enabled:
+            self.storage.record_heartbeat(trial._trial_id)
+            self.trial_ids.add(trial._trial_id)
+
+    def discard(self, trial: optuna.Trial) -> None:
+        self.trial_ids.discard(trial._trial_id)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.enabled:
+            self.thread.join(timeout=30)
+
+
+def _reconcile(study: optuna.Study, tracker: Tracker, exp_id: str) -> int:
+    """End MLflow trial runs left RUNNING although Optuna finished their trial (a process died between the
+    two writes); return how many."""
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    n = 0
+    for r in tracker.search(exp_id, f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_STUDY}` = '{study.study_name}' "
+                                    f"and attributes.status = 'RUNNING'"):
+        state = states.get(int(r.data.params.get("trial_number", -1)))
+        if state in MLFLOW_STATUS:
+            tracker.end_run(r.info.run_id, MLFLOW_STATUS[state], {TAG_STATE: state})
+            n += 1
+    return n
 
 
 def _fingerprint(cfg: TuneConfig, model: str) -> dict:
@@ -110,8 +225,9 @@ def _fingerprint(cfg: TuneConfig, model: str) -> dict:
 
 
 def make_sampler(cfg: TuneConfig, n_existing: int) -> optuna.samplers.BaseSampler:
-    # seeded by the history's length: a resumed study must not replay the first run's random points
-    seed = cfg.sampler_seed + n_existing
+    # seeded by the history's length: a resumed study must not replay the first run's random points;
+    # and by the process (host:pid): processes sharing a study at once must not sample the same points
+    seed = (cfg.sampler_seed + n_existing + zlib.crc32(owner().encode())) % 2**32
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # constant_liar: running trials count as bad guesses, so parallel workers spread out
@@ -142,10 +258,13 @@ def open_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
         k = diff[0] if diff else "config"
         raise ConfigError(f"study {name!r} in {storage_label(cfg.storage)} was created with {k}={have.get(k)!r}, "
                           f"not {wanted.get(k)!r}; use another --study-name, or the same settings to resume")
+    on_stale = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get("owner")
-        if owner and not pid_alive(owner):  # its process is gone: it will never finish
+        if owner and not pid_alive(owner):  # its process is gone from this host: no need to wait for the grace
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if on_stale is not None:
+                on_stale(study, t)
     n = len(study.get_trials(deepcopy=False))
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, n),
                              pruner=make_pruner(cfg))
@@ -199,10 +318,18 @@ class _Study:
         self.running: dict[int, _Running] = {}
         self.started = 0
         self.finished = 0
+        self.heartbeat = _TrialHeartbeat(study._storage)
 
     @deferring  # ask, run and registration in one step that an interrupt cannot split
     def start_trial(self) -> TrialJob:
-        trial = self.study.ask()
+        with warnings.catch_warnings():  # Optuna warns that its heartbeat is meant for study.optimize
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(self.study)  # dead processes' trials: FAILED and queued again
+            _fail_unowned(self.study)
+            trial = self.study.ask()
+        self.heartbeat.add(trial)
+        trial.set_user_attr("owner", owner())
+        trial.set_user_attr("owner_trial", trial.number)  # a retried trial inherits its failed twin's attrs
         spec, lr = suggest(trial, self.family)
         job = TrialJob(trial.number, spec, replace(self.cfg.train, lr=lr))
         c = job.cfg
@@ -216,7 +343,7 @@ class _Study:
             tags={TAG_KIND: "trial", TAG_STUDY: self.study.study_name, TAG_STATE: "RUNNING",
                   "ffnn.model": self.model, "ffnn.spec": spec.describe()},
             parent_id=self.parent_id)
-        for k, v in {"owner": owner(), "mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str}.items():
+        for k, v in {"mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str}.items():
             trial.set_user_attr(k, v)
         self.running[trial.number] = _Running(trial, run_id, job)
         self.started += 1
@@ -237,6 +364,7 @@ class _Study:
     @deferring
     def finish(self, number: int, outcome: Outcome) -> None:
         r = self.running.pop(number)
+        self.heartbeat.discard(r.trial)
         self.finished += 1
         if outcome.losses:
             self.tracker.log_metrics(r.run_id, "train_loss", window_means(outcome.losses, LOSS_STRIDE))
@@ -272,6 +400,7 @@ class _Study:
             r.trial.set_user_attr("failure", reason)
             self.study.tell(r.trial, state=TrialState.FAIL, skip_if_finished=True)
             self.tracker.end_run(r.run_id, status, {TAG_STATE: "FAIL", "ffnn.failure": reason})
+            self.heartbeat.discard(r.trial)
             del self.running[number]
 
     def _best(self) -> optuna.trial.FrozenTrial | None:
@@ -298,12 +427,14 @@ def tune(cfg: TuneConfig, ctx: Context, progress: Callable[[str], None] | None =
     if cfg.val_size >= ctx.n_train:
         raise ConfigError(f"val_size ({cfg.val_size}) must be smaller than the training set ({ctx.n_train})")
     validate_train(cfg.train, ctx.n_train - cfg.val_size)
-    storage = open_storage(cfg.storage)
+    stale = StaleTrials(cfg)
+    storage = open_storage(cfg.storage, stale)
     tracker = ctx.tracker
     exp_id = tracker.experiment_id(cfg.experiment, description=(
         f"Made by `ffnn tune --experiment {cfg.experiment}`: one parent run per Optuna study (its search space, "
         f"best_params.json, Optuna's plots), one nested run per trial (validation accuracy per evaluation; "
         f"pruned trials KILLED). Trials live in the Optuna storage too: `make dashboard`."))
+    stale.tracker, stale.exp_id = tracker, exp_id
     tracker.fail_orphans(exp_id)
     workers = worker_count(cfg.workers, ctx.device, cfg.n_trials)
 
@@ -356,12 +487,15 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
                        lambda job, error: st.finish(job.number, Outcome("FAIL", reason=error.splitlines()[0][:500])),
                        lambda job, point: st.report(job.number, point))
     except BaseException as e:
+        st.heartbeat.stop()
         status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
         with ignore_interrupts():  # a second Ctrl-C must not cut the clean-up short
             st.abort(status, f"interrupted ({e or 'SIGINT'})" if status == "KILLED" else "tune crashed")
             tracker.end_run(parent_id, status)
         raise
+    st.heartbeat.stop()
     seconds = time.monotonic() - start
+    _reconcile(study, tracker, exp_id)
     summary = _summarize(cfg, model, study, st.finished, seconds, parent_id)
     summary.files, notes = write_outputs(study, summary, Path(cfg.reports_dir) / name, cfg)
     summary.notes.extend(notes)
