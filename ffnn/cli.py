@@ -10,6 +10,7 @@ import math
 import statistics
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import Interrupted, UserError, install_interrupt_handlers
@@ -52,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the file's, mnist)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: the file's)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument("--until-decided", action="store_true",
+                   help="add --round seeds per model at a time until every step of the tutorial's chain is "
+                        "helped, hurt or equivalent (sequential rule, see the report's method), or --max-seeds")
+    p.add_argument("--max-seeds", type=int, default=60, help="--until-decided: seeds per model at most")
+    p.add_argument("--round", type=int, default=10, help="--until-decided: seeds added per model per round")
+    p.add_argument("--margin", type=float, default=0.2,
+                   help="--until-decided: points of accuracy within which two models count as equivalent")
     _data_flags(p)
     _tracking_flags(p)
 
@@ -65,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: reports/<experiment>/)")
     p.add_argument("--formats", default="csv,md,tex,html,png",
                    help="comma list of csv, md, tex, html, png")
+    p.add_argument("--margin", type=float, default=0.2,
+                   help="points of accuracy within which two models count as equivalent "
+                        "(an --until-decided experiment keeps its own)")
     _tracking_flags(p)
 
     p = sub.add_parser("tune", formatter_class=Formatter,
@@ -163,7 +174,17 @@ def cmd_compare(args) -> int:
                  "lr": args.lr, "batch_size": args.batch_size, "device": args.device, "dataset": args.dataset,
                  "experiment": args.experiment, "workers": args.workers}
     cfg = build_compare_config(file_values, overrides)
-    rows, tracker, exp_id = compare(cfg, args.data_dir, args.data_source, args.tracking_uri, _progress([]))
+    if args.until_decided:
+        from .report import Design
+        from .until_decided import until_decided
+        res = until_decided(cfg, Design(margin=args.margin, round=args.round, max_seeds=args.max_seeds),
+                            args.data_dir, args.data_source, args.tracking_uri, _progress([]),
+                            lambda msg: print(msg, file=sys.stderr, flush=True))
+        rows, tracker, cfg = res.rows, res.tracker, replace(cfg, seeds=res.seeds)
+        print(f"\n--until-decided: {res.seeds} seeds per model; the {res.family} family is "
+              f"{'decided' if res.decided else f'not decided at --max-seeds {args.max_seeds}'}")
+    else:
+        rows, tracker, exp_id = compare(cfg, args.data_dir, args.data_source, args.tracking_uri, _progress([]))
     print_table(rows, cfg)
     print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {tracker.uri}  (make ui to browse)")
     if not args.no_report:
@@ -206,7 +227,7 @@ def report_after(experiment: str, tracking_uri: str) -> None:
 
 def cmd_report(args) -> int:
     from .report import build_report_config, make_report
-    cfg = build_report_config(args.experiment, args.models, args.out, args.formats)
+    cfg = build_report_config(args.experiment, args.models, args.out, args.formats, args.margin)
     print_report(make_report(cfg, args.tracking_uri))
     return 0
 
