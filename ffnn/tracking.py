@@ -318,6 +318,15 @@ class Tracker:
         return mlflow.search_runs(experiment_ids=experiment_ids, output_format="pandas",
                                   max_results=100_000) if experiment_ids else pd.DataFrame()
 
+    def dataset_profile(self, run_id: str) -> dict[str, Any]:
+        """The profile ``log_dataset`` recorded on the run (num_train, num_test, sha256); {} if none."""
+        for d in self.client.get_run(run_id).inputs.dataset_inputs:
+            try:
+                return dict(json.loads(d.dataset.profile or "{}"))
+            except ValueError:
+                return {}
+        return {}
+
     def metric_history(self, run_id: str, key: str) -> pd.DataFrame:
         hist = self.client.get_metric_history(run_id, key)
         return pd.DataFrame({"step": [m.step for m in hist], "value": [m.value for m in hist]})

@@ -24,10 +24,10 @@ from .plan import FAMILIES, Step, plan
 from .runs import (TRAIN_FIELDS, ReportError, Selection, failure_text, select_runs, summarise, tidy_runs,
                    typical_std)
 from .sequential import METHOD_NAME, Design, fixed_z, t_critical
-from .stats import adjusted, binomial_se, decide, paired_or_welch, seeds_to_decide
+from .stats import binomial_se, decide, paired_or_welch, seeds_to_decide
 
 FORMATS = ("csv", "md", "tex", "html", "png")
-N_TEST = {"mnist": 10_000, "fashion-mnist": 10_000}  # test images per dataset, for the binomial SE
+N_TEST = {"mnist": 10_000, "fashion-mnist": 10_000}  # test images, where a run logged no dataset profile
 
 
 @dataclass(frozen=True)
@@ -129,10 +129,9 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
                          "failures": "; ".join(x for x in (failure_text(sel, s.a), failure_text(sel, s.b)) if x),
                          "reason": reason})
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_adj", "p_tost_adj")])
-    for family in table["family"].unique():
-        idx = table["family"] == family
-        table.loc[idx, "p_adj"] = adjusted(table.loc[idx, "p"].to_numpy(float), "bonferroni")
-        table.loc[idx, "p_tost_adj"] = np.minimum(1.0, 2 * idx.sum() * table.loc[idx, "p_tost"].to_numpy(float))
+    # Bonferroni over the family's m steps, undecidable ones included, as the intervals count them
+    table["p_adj"] = np.minimum(1.0, table["m"].to_numpy(float) * table["p"].to_numpy(float))
+    table["p_tost_adj"] = np.minimum(1.0, 2 * table["m"].to_numpy(float) * table["p_tost"].to_numpy(float))
     table = table.reindex(columns=COLUMNS)
     table["seeds_needed"] = table["seeds_needed"].astype("Int64")
     return table
@@ -279,7 +278,10 @@ def make_report(cfg: ReportConfig, tracking_uri: str | None = None) -> Report:
     if design and (alpha, margin) != (cfg.alpha, cfg.margin):
         notes.append(f"alpha {alpha:g} and margin {margin:g} pts are the --until-decided run's")
     datasets = set(summary["dataset"])
-    n_test = N_TEST.get(next(iter(datasets))) if len(datasets) == 1 else None
+    n_test = None
+    if len(datasets) == 1:
+        n_test = tracker.dataset_profile(str(sel.kept["run_id"].iloc[-1])).get("num_test") or \
+            N_TEST.get(next(iter(datasets)))
     mean_acc = float(sel.kept["accuracy"].mean())
     report = Report(cfg, tracker.uri, summary, table, notes, len(sel.kept), cfg.out_dir, design, alpha, margin,
                     typical_std(sel), binomial_se(mean_acc, n_test) if n_test else math.nan, n_test)
