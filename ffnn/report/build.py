@@ -108,13 +108,14 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
                 few = [f"{x} has {len(acc[x])} finished seed{'s' * (len(acc[x]) != 1)}"
                        for x in (s.a, s.b) if len(acc[x]) < 2]
                 reason = (", ".join(few) or "fewer than 2 seeds") + " (need >= 2)"
-            elif not (t.se > 0):
+            elif math.isnan(t.se):
                 reason = "no seed-to-seed variance"
             if reason:
                 low = high = level = math.nan
             else:
                 z = design.z_boundary(n, m) if design is not None else fixed_z(alpha, m)
-                half = float(t_critical(z, t.df)) * t.se
+                # identical differences on every seed (se 0, e.g. both at 100%): the interval is that point
+                half = float(t_critical(z, t.df)) * t.se if t.se > 0 else 0.0
                 low, high, level = t.diff - half, t.diff + half, 1 - 2 * float(stats.norm.sf(z))
             verdict = str(decide(low, high, margin))
             sd = t.sd if t.sd > 0 else fallback_sd

@@ -86,7 +86,7 @@ def method_text(report: Report) -> list[str]:
                    f"(ffnn compare --until-decided; looks at {looks} seeds). Optional stopping is accounted for "
                    f"by {METHOD_NAME}: at an analysis of n seeds the interval uses the boundary that the spending "
                    f"function gives after the planned looks before n, carried to the t scale at the same nominal "
-                   f"level, so the shown level is below 1 - alpha / m early on. References: C. Jennison and "
+                   f"level, so the shown level is above 1 - alpha / m (a wider interval) at the early looks. References: C. Jennison and "
                    f"B. W. Turnbull, Interim analyses: the repeated confidence interval approach, JRSS B 51 (1989) "
                    f"305-361; K. K. G. Lan and D. L. DeMets, Discrete sequential boundaries for clinical trials, "
                    f"Biometrika 70 (1983) 659-663.")
