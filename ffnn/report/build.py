@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..tracking import TAG_KIND, TAG_SEQUENTIAL, RUN_COLUMNS, Tracker
+from ..tracking import RUN_COLUMNS, TAG_SEQUENTIAL, Tracker
 from .plan import FAMILIES, Step, plan
 from .runs import (TRAIN_FIELDS, ReportError, Selection, failure_text, select_runs, summarise, tidy_runs,
                    typical_std)

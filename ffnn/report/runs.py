@@ -190,7 +190,6 @@ def select_runs(runs: pd.DataFrame, models: Sequence[str] = ()) -> Selection:
                                     zip(chosen["status"], chosen["accuracy"], chosen["failure"])])
     kept = chosen[chosen["outcome"] == "ok"].drop(columns="outcome").reset_index(drop=True)
     outcomes = chosen[["model", "seed", "outcome", "accuracy", "failure", "failure_step"]].reset_index(drop=True)
-    infos = {n: i for n, i in infos.items()}
     sel = Selection(kept, outcomes, infos, notes)
     for name in infos:
         n = int((kept["model"] == name).sum())
