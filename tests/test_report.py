@@ -218,17 +218,25 @@ def test_paired_p_tost_and_adjustment_recompute_from_mlflow_with_scipy_and_stats
         assert c.loc[(a, b), "p"] == pytest.approx(ref.pvalue)
         assert c.loc[(a, b), "p_tost"] == pytest.approx(ttost_paired(y, x, -0.2, 0.2)[0])
         assert c.loc[(a, b), "corr"] == pytest.approx(np.corrcoef(x, y)[0, 1])
-        # the deciding interval: the paired t-interval at 1 - alpha / m, m = 3 comparisons in the family
-        ci = ref.confidence_interval(1 - 0.05 / 3)
-        assert (c.loc[(a, b), "low"], c.loc[(a, b), "high"]) == pytest.approx((ci.low, ci.high))
         p.append(ref.pvalue)
         q.append(ttost_paired(y, x, -0.2, 0.2)[0])
-    # D -> E has no p (E has one seed) and is not counted; the family still has m = 3 intervals
-    assert c["p_adj"].dropna().to_numpy() == pytest.approx(np.minimum(1, 3 * np.array(p)))
-    assert multipletests(p + [1.0], method="bonferroni")[1][:2] == pytest.approx(c["p_adj"].dropna().to_numpy())
-    assert c["p_tost_adj"].dropna().to_numpy() == pytest.approx(np.minimum(1, 6 * np.array(q)))
+    # Holm over the family's m = 3 steps; D -> E has no p (E has one seed): counted, never rejected
+    assert c["p_adj"].dropna().to_numpy() == pytest.approx(multipletests(p + [1.0], method="holm")[1][:2])
+    assert c["p_tost_adj"].dropna().to_numpy() == pytest.approx(multipletests(q + [1.0], method="holm")[1][:2])
+    # LR -> C has the smallest p: Holm's first step, at 0.05 / 3, rejects; C -> D is tested at 0.05 / 2 and
+    # is not; its TOST (first TOST step, 0.05 / 3) is not rejected either, and the wider interval is shown
+    assert p[1] < 0.05 / 3 < 0.05 / 2 < p[0] and q[0] > 0.05 / 3
+    for (a, b), level in [(("LR", "C"), 1 - 0.05 / 3), (("C", "D"), 1 - 0.05 / 2)]:
+        x = runs[runs["model"] == a].sort_values("seed")["accuracy"].to_numpy()[:5]
+        y = runs[runs["model"] == b].sort_values("seed")["accuracy"].to_numpy()[:5]
+        ci = stats.ttest_rel(y, x).confidence_interval(level)
+        assert c.loc[(a, b), "interval"] == "difference" and c.loc[(a, b), "level"] == pytest.approx(level)
+        assert (c.loc[(a, b), "low"], c.loc[(a, b), "high"]) == pytest.approx((ci.low, ci.high))
     csv = pd.read_csv(full.out / "comparisons.csv")
     assert csv["p"].to_numpy() == pytest.approx(c["p"].to_numpy(float), nan_ok=True)
+    assert csv["p_adj"].to_numpy() == pytest.approx(c["p_adj"].to_numpy(float), nan_ok=True)
+    md = (full.out / "summary.md").read_text()
+    assert "| Holm p |" in md and "Holm TOST p" in md and "S. Holm" in md
 
 
 def test_verdicts_helped_undecided_with_seeds_and_reasons(full):

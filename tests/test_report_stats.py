@@ -15,8 +15,8 @@ from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
 from ffnn.report import sequential
-from ffnn.report.sequential import Design, fixed_z, t_critical, z_boundaries
-from ffnn.report.stats import adjusted, binomial_se, decide, mean_ci, paired_or_welch, seeds_to_decide
+from ffnn.report.sequential import Design, fixed_z, z_boundaries
+from ffnn.report.stats import binomial_se, decide, holm, mean_ci, paired_or_welch, seeds_to_decide
 
 A = [91.7, 91.8, 91.9, 91.75, 91.85]
 B = [91.9, 91.95, 92.2, 91.9, 92.1]
@@ -56,17 +56,39 @@ def test_decide_reads_the_four_verdicts_from_an_interval():
     assert got.tolist() == ["helped", "hurt", "equivalent", "undecided", "undecided"]
 
 
-def test_bonferroni_adjustment_matches_statsmodels_and_the_interval_decision():
+def test_holm_matches_statsmodels_and_counts_untestable_steps():
     p = [0.001, 0.02, 0.3, math.nan]
-    assert adjusted(p)[:3] == pytest.approx(multipletests(p[:3], method="bonferroni")[1])
-    assert math.isnan(adjusted(p)[3])
-    assert adjusted([0.01, 0.04, 0.03], "holm") == pytest.approx([0.03, 0.06, 0.06])
-    # one look: the (1 - alpha/m) interval excludes 0 exactly when m p < alpha
-    m, alpha = 3, 0.05
-    for b in (B, [x + 0.05 for x in A], [x + 0.13 for x in A[:2]] + A[2:]):
-        t = paired_or_welch(A, b, range(5), range(5))
-        half = float(t_critical(fixed_z(alpha, m), t.df)) * t.se
-        assert (t.diff - half > 0 or t.diff + half < 0) == (min(1, m * t.p) < alpha)
+    h = holm(p, 0.05)
+    ref = multipletests([0.001, 0.02, 0.3, 1.0], alpha=0.05, method="holm")
+    assert h.rejected.tolist() == ref[0].tolist() == [True, False, False, False]
+    assert h.p_adj[:3] == pytest.approx(ref[1][:3]) and math.isnan(h.p_adj[3])
+    assert h.tested_at[:3] == pytest.approx([0.05 / 4, 0.05 / 3, 0.05 / 3])
+
+
+def test_holm_interval_excludes_0_and_tost_interval_lies_within_the_margin_exactly_where_holm_rejects():
+    """Random families of paired comparisons: the t-interval at 1 - tested_at excludes 0 iff Holm rejects the
+    t-test p; the TOST interval at 1 - 2 tested_at lies within +-margin iff Holm rejects the TOST p."""
+    rng = np.random.default_rng(0)
+    margin, alpha, seen = 0.2, 0.05, set()
+    for k in range(200):
+        m, n = int(rng.integers(1, 8)), int(rng.integers(3, 12))
+        deltas = rng.choice([0.0, 0.05, 0.1, 0.3], m)
+        x = rng.normal(0, 0.15, (n, m))
+        y = x + deltas + rng.normal(0, 0.1, (n, m))
+        tests = [paired_or_welch(x[:, i], y[:, i], margin=margin) for i in range(m)]
+        h, e = holm([t.p for t in tests], alpha), holm([t.p_tost for t in tests], alpha)
+        if k < 10:  # statsmodels' holm runs gc.collect() on every call: a sample is enough
+            for got, pvals in ((h, [t.p for t in tests]), (e, [t.p_tost for t in tests])):
+                ref = multipletests(pvals, alpha, "holm")
+                assert got.rejected.tolist() == ref[0].tolist() and got.p_adj == pytest.approx(ref[1])
+        for i, t in enumerate(tests):
+            ref = stats.ttest_rel(y[:, i], x[:, i])
+            ci = ref.confidence_interval(1 - h.tested_at[i])
+            assert (ci.low > 0 or ci.high < 0) == h.rejected[i]
+            eq = ref.confidence_interval(1 - 2 * e.tested_at[i])
+            assert (-margin < eq.low and eq.high < margin) == e.rejected[i]
+            seen.add((bool(h.rejected[i]), bool(e.rejected[i])))
+    assert seen >= {(True, False), (False, True), (False, False)}  # every outcome came up
 
 
 def test_seeds_to_decide_is_the_smallest_n_with_statsmodels_power():

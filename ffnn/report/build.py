@@ -23,8 +23,8 @@ from ..tracking import RUN_COLUMNS, TAG_SEQUENTIAL, Tracker
 from .plan import FAMILIES, Step, plan
 from .runs import (TRAIN_FIELDS, ReportError, Selection, failure_text, select_runs, summarise, tidy_runs,
                    typical_std)
-from .sequential import METHOD_NAME, Design, fixed_z, t_critical
-from .stats import binomial_se, decide, paired_or_welch, seeds_to_decide
+from .sequential import METHOD_NAME, Design, t_critical
+from .stats import binomial_se, decide, holm, paired_or_welch, seeds_to_decide
 
 FORMATS = ("csv", "md", "tex", "html", "png")
 N_TEST = {"mnist": 10_000, "fashion-mnist": 10_000}  # test images, where a run logged no dataset profile
@@ -80,18 +80,25 @@ def design_from_tag(text: str | None) -> Design | None:
 
 
 COLUMNS = ["family", "a", "b", "change", "spec_a", "spec_b", "paired", "n_a", "n_b", "corr", "mean_a", "mean_b",
-           "diff", "sd", "m", "level", "low", "high", "p", "p_adj", "p_tost", "p_tost_adj", "verdict",
+           "diff", "sd", "m", "interval", "level", "low", "high", "p", "p_adj", "p_tost", "p_tost_adj", "verdict",
            "seeds_needed", "failures", "reason"]
 
 
 def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: float, power: float = 0.8,
                   design: Design | None = None) -> pd.DataFrame:
-    """One row per step: the test, its decision interval (points), unadjusted and adjusted p, verdict.
+    """One row per step: the test, the interval its verdict is read from (points), p and Holm-adjusted p.
 
-    ``level`` is the nominal two-sided coverage of the interval: 1 - alpha / m with one look (m = the
-    family's size), smaller per look under a sequential ``design``. ``p_adj`` = min(1, m p) and
-    ``p_tost_adj`` = min(1, 2 m p_tost) (Bonferroni): with one look, helped/hurt iff p_adj < alpha and
-    equivalent iff p_tost_adj < alpha, the same verdicts the interval gives.
+    One look (no ``design``), within a family of m steps (untestable ones counted, never rejected):
+    helped/hurt by Holm at ``alpha`` on the two-sided p; equivalent by Holm at ``alpha`` on the TOST p
+    of all m steps, when not helped/hurt. ``p_adj`` and ``p_tost_adj`` are the Holm-adjusted p-values
+    (statsmodels ``multipletests``). The interval (``interval`` says which, ``level`` its nominal
+    two-sided coverage): for helped/hurt the difference's t-interval at 1 - a, a = the level Holm
+    tested its p at (it excludes 0 exactly when Holm rejects); for equivalent the TOST interval at
+    1 - 2 a' (within +-margin exactly when Holm rejects its TOST p); for undecided the wider of the
+    two, which holds 0 and reaches beyond the margin.
+    Sequential ``design``: Jennison & Turnbull's repeated confidence interval at the spending
+    boundary for alpha / m (Bonferroni), read by ``decide``; ``p_adj``/``p_tost_adj`` are NaN there
+    (fixed-sample p-values do not account for the optional stopping).
     """
     acc = {m: sel.kept[sel.kept["model"] == m] for m in sel.models}
     fallback_sd = typical_std(sel)
@@ -99,43 +106,92 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
     for family in FAMILIES:
         mine = [s for s in steps if s.family == family]
         m = len(mine)
+        tests, reasons = [], []
         for s in mine:
             ra, rb = acc[s.a], acc[s.b]
             t = paired_or_welch(ra["accuracy"], rb["accuracy"], ra["seed"], rb["seed"], margin)
-            n = min(t.n_a, t.n_b)
             reason = ""
-            if n < 2 or (not t.paired and min(t.n_a, t.n_b) < 2):
+            if min(t.n_a, t.n_b) < 2:
                 few = [f"{x} has {len(acc[x])} finished seed{'s' * (len(acc[x]) != 1)}"
                        for x in (s.a, s.b) if len(acc[x]) < 2]
                 reason = (", ".join(few) or "fewer than 2 seeds") + " (need >= 2)"
             elif math.isnan(t.se):
                 reason = "no seed-to-seed variance"
-            if reason:
-                low = high = level = math.nan
-            else:
-                z = design.z_boundary(n, m) if design is not None else fixed_z(alpha, m)
-                # identical differences on every seed (se 0, e.g. both at 100%): the interval is that point
-                half = float(t_critical(z, t.df)) * t.se if t.se > 0 else 0.0
-                low, high, level = t.diff - half, t.diff + half, 1 - 2 * float(stats.norm.sf(z))
-            verdict = str(decide(low, high, margin))
+            tests.append(t)
+            reasons.append(reason)
+        if design is None:
+            decided = _holm_intervals(tests, reasons, alpha, margin)
+        else:
+            decided = [_repeated_interval(t, r, design, m, margin) for t, r in zip(tests, reasons)]
+        for s, t, reason, d in zip(mine, tests, reasons, decided):
+            ra, rb = acc[s.a], acc[s.b]
             sd = t.sd if t.sd > 0 else fallback_sd
-            need = seeds_to_decide(t.diff, sd, margin, alpha / m, power, t.paired) \
-                if verdict == "undecided" else None
+            need = None
+            if d["verdict"] == "undecided":
+                need = seeds_to_decide(t.diff, sd, margin, alpha / m, power, t.paired,
+                                       tost_alpha=alpha / m if design is None else None)
             rows.append({"family": family, "a": s.a, "b": s.b, "change": s.change,
                          "spec_a": sel.models[s.a].spec.describe(), "spec_b": sel.models[s.b].spec.describe(),
                          "paired": t.paired, "n_a": t.n_a, "n_b": t.n_b, "corr": t.corr,
                          "mean_a": float(ra["accuracy"].mean()), "mean_b": float(rb["accuracy"].mean()),
-                         "diff": t.diff, "sd": t.sd, "m": m, "level": level, "low": low, "high": high,
-                         "p": t.p, "p_tost": t.p_tost, "verdict": verdict, "seeds_needed": need,
+                         "diff": t.diff, "sd": t.sd, "m": m, **d, "p": t.p, "p_tost": t.p_tost,
+                         "seeds_needed": need,
                          "failures": "; ".join(x for x in (failure_text(sel, s.a), failure_text(sel, s.b)) if x),
                          "reason": reason})
-    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_adj", "p_tost_adj")])
-    # Bonferroni over the family's m steps, undecidable ones included, as the intervals count them
-    table["p_adj"] = np.minimum(1.0, table["m"].to_numpy(float) * table["p"].to_numpy(float))
-    table["p_tost_adj"] = np.minimum(1.0, 2 * table["m"].to_numpy(float) * table["p_tost"].to_numpy(float))
-    table = table.reindex(columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS)
     table["seeds_needed"] = table["seeds_needed"].astype("Int64")
     return table
+
+
+NO_INTERVAL = {"interval": "", "level": math.nan, "low": math.nan, "high": math.nan}
+
+
+def _holm_intervals(tests: Sequence, reasons: Sequence[str], alpha: float, margin: float) -> list[dict]:
+    """One look: Holm on the difference p and, separately, on the TOST p; the interval each verdict uses."""
+    p_diff, p_eq = [], []
+    for t, reason in zip(tests, reasons):
+        if reason:
+            p_diff.append(math.nan)
+            p_eq.append(math.nan)
+        elif t.se == 0:  # the same difference on every seed: the interval is that point
+            p_diff.append(0.0 if t.diff != 0 else 1.0)
+            p_eq.append(0.0 if abs(t.diff) < margin else 1.0)
+        else:
+            p_diff.append(t.p)
+            p_eq.append(t.p_tost)
+    diff_holm, eq_holm = holm(p_diff, alpha), holm(p_eq, alpha)
+    out = []
+    for i, (t, reason) in enumerate(zip(tests, reasons)):
+        adj = {"p_adj": diff_holm.p_adj[i], "p_tost_adj": eq_holm.p_adj[i]}
+        if reason:
+            out.append({**NO_INTERVAL, **adj, "verdict": "undecided"})
+            continue
+        a_diff, a_eq = diff_holm.tested_at[i], eq_holm.tested_at[i]
+        half_diff = float(stats.t.isf(a_diff / 2, t.df)) * t.se if t.se > 0 else 0.0
+        half_eq = float(stats.t.isf(a_eq, t.df)) * t.se if t.se > 0 else 0.0
+        if diff_holm.rejected[i]:
+            verdict, shown = ("helped" if t.diff > 0 else "hurt"), "difference"
+        elif eq_holm.rejected[i]:
+            verdict, shown = "equivalent", "equivalence"
+        else:
+            verdict, shown = "undecided", "difference" if half_diff >= half_eq else "equivalence"
+        half, level = (half_diff, 1 - a_diff) if shown == "difference" else (half_eq, 1 - 2 * a_eq)
+        out.append({"interval": shown, "level": level, "low": t.diff - half, "high": t.diff + half, **adj,
+                    "verdict": verdict})
+    return out
+
+
+def _repeated_interval(t, reason: str, design: Design, m: int, margin: float) -> dict:
+    """Sequential: the repeated confidence interval at this look's boundary for alpha / m, and its verdict."""
+    nan_adj = {"p_adj": math.nan, "p_tost_adj": math.nan}
+    if reason:
+        return {**NO_INTERVAL, **nan_adj, "verdict": "undecided"}
+    z = design.z_boundary(min(t.n_a, t.n_b), m)
+    # identical differences on every seed (se 0, e.g. both at 100%): the interval is that point
+    half = float(t_critical(z, t.df)) * t.se if t.se > 0 else 0.0
+    low, high = t.diff - half, t.diff + half
+    return {"interval": "repeated", "level": 1 - 2 * float(stats.norm.sf(z)), "low": low, "high": high,
+            **nan_adj, "verdict": str(decide(low, high, margin))}
 
 
 @dataclass
@@ -179,13 +235,17 @@ class Report:
 
     def verdict_header(self) -> str:
         how = (f"sequential, {METHOD_NAME}; looks at {', '.join(map(str, self.design.looks()))} seeds"
-               if self.design else "Bonferroni within each family")
+               if self.design else "Holm within each family: helped/hurt on the t-test p, equivalent on the TOST p, "
+               "each at alpha")
         return (f"interval of the difference in final test accuracy that decides the verdict; family-wise "
                 f"alpha {self.alpha:g} ({how}); equivalent within +-{self.margin:g} pts")
 
 
 def _interval(r) -> str:
-    return "-" if pd.isna(r.low) else f"[{r.low:+.2f}, {r.high:+.2f}] {r.level:.1%}"
+    """``[+0.52, +1.00] 98.3%``; a TOST interval (the equivalence test's) says so: ``[-0.10, +0.15] 96.7% TOST``"""
+    if pd.isna(r.low):
+        return "-"
+    return f"[{r.low:+.2f}, {r.high:+.2f}] {r.level:.1%}" + (" TOST" if r.interval == "equivalence" else "")
 
 
 def _pairing(r) -> str:
@@ -210,7 +270,8 @@ def comparison_text(r, margin: float) -> str:
 
 def answer_text(r, margin: float) -> str:
     """``"C -> D (add a layer): helped, +0.76 points (99.0% interval +0.52 to +1.00, 5 paired seeds)."``"""
-    how = "" if pd.isna(r.low) else (f" ({r.level:.1%} interval {r.low:+.2f} to {r.high:+.2f}, "
+    kind = "TOST interval" if r.interval == "equivalence" else "interval"
+    how = "" if pd.isna(r.low) else (f" ({r.level:.1%} {kind} {r.low:+.2f} to {r.high:+.2f}, "
                                      + (f"{r.n_a} paired seeds)" if r.paired else f"{r.n_a} vs {r.n_b} seeds)"))
     say = {"helped": f"helped, {r.diff:+.2f} points{how}",
            "hurt": f"hurt, {r.diff:+.2f} points{how}",

@@ -45,8 +45,11 @@ def display_tables(report: Report) -> tuple[pd.DataFrame, pd.DataFrame]:
         "r": [_num(v) for v in c["corr"]],
         "Diff (pts)": [f"{v:+.2f}" if not pd.isna(v) else "-" for v in c["diff"]],
         "Deciding interval": ["-" if pd.isna(r.low) else f"[{r.low:+.2f}, {r.high:+.2f}]" for r in c.itertuples()],
+        "Interval of": [{"difference": "t-test", "equivalence": "TOST", "repeated": "RCI"}.get(v, "-")
+                        for v in c["interval"]],
         "Level": [_num(v, ".2%") for v in c["level"]],
-        "p": [_num(v, ".2g") for v in c["p"]], "TOST p": [_num(v, ".2g") for v in c["p_tost"]],
+        "p": [_num(v, ".2g") for v in c["p"]], "Holm p": [_num(v, ".2g") for v in c["p_adj"]],
+        "TOST p": [_num(v, ".2g") for v in c["p_tost"]], "Holm TOST p": [_num(v, ".2g") for v in c["p_tost_adj"]],
         "Verdict": c["verdict"], "Seeds to decide": ["-" if pd.isna(v) else str(v) for v in c["seeds_needed"]],
         "Failures": [f or "-" for f in c["failures"]],
     })
@@ -69,32 +72,60 @@ def method_text(report: Report) -> list[str]:
         "and E share their first layer's), so the test is a paired t-test (scipy ttest_rel) on the seeds both "
         "models have, with the per-seed correlation r shown; Welch's t-test only where fewer than 2 seeds are "
         "shared.",
-        f"The verdict is read from one interval, the one shown (Deciding interval, with its nominal two-sided "
-        f"level): helped if it lies above 0, hurt if below 0, equivalent if it lies within +-{mg:g} points, "
-        f"undecided otherwise. Families ({'; '.join(f'{k}: {v}' for k, v in FAMILIES.items())}) are decided "
-        f"separately, so adding models to one never changes another's verdicts. Within a family of m comparisons "
-        f"each interval gets alpha / m (Bonferroni, alpha {a:g}), so the probability of any wrong verdict in the "
-        f"family (a false helped, hurt or equivalent) is at most {a:g}. With one look that is the t-test at "
-        f"alpha / m (p_adj = min(1, m p) < alpha in comparisons.csv) and the two one-sided tests (TOST, "
-        f"statsmodels ttost_paired / ttost_ind) at alpha / (2m) (p_tost_adj < alpha). Holm's step-down is not "
-        f"used: it adjusts p-values but has no interval that covers at the adjusted levels, and here one "
-        f"interval must back helped, hurt and equivalent at once.",
+        f"Families ({'; '.join(f'{k}: {v}' for k, v in FAMILIES.items())}) are decided separately, so adding "
+        f"models to one never changes another's verdicts.",
     ]
+    if not report.design:
+        out.append(
+            f"Within a family of m comparisons (those without a test, e.g. a model with one seed, are counted in m "
+            f"and never rejected) the verdicts come from two Holm step-down procedures (S. Holm, A simple "
+            f"sequentially rejective multiple test procedure, Scand. J. Statist. 6 (1979) 65-70), each at "
+            f"family-wise alpha {a:g}: helped or hurt (the sign of the difference) where Holm rejects 'no "
+            f"difference' on the two-sided t-test p-values; equivalent where, not helped or hurt, Holm rejects "
+            f"'|difference| >= {mg:g}' on the TOST p-values (two one-sided tests, statsmodels ttost_paired / "
+            f"ttost_ind; D. J. Schuirmann, J. Pharmacokinet. Biopharm. 15 (1987) 657-680) of all m comparisons; "
+            f"undecided otherwise. Holm-adjusted p-values (as statsmodels multipletests, method holm, gives "
+            f"them) are in the tables and comparisons.csv: a verdict is reached exactly where its adjusted p is <= {a:g}. "
+            f"Guarantee: the probability of any false helped/hurt in a family is at most {a:g} (strong control "
+            f"of the no-difference hypotheses; a sign error when the true difference is non-zero is not "
+            f"covered by Holm's proof for correlated tests in general), and the probability of any false "
+            f"equivalent is at most {a:g}; so any wrong verdict in a family has probability at most "
+            f"{2 * a:g}. The equivalence family is all m comparisons, not only those left undecided by the "
+            f"first procedure, because a family chosen by the data would not keep Holm's guarantee.")
+        out.append(
+            "The interval shown is the one at the level Holm tested the comparison at (column Level; Interval "
+            "of says which test): for the k-th smallest p-value of m, a = alpha / (m - k + 1) while all "
+            "smaller ones were rejected, and the first non-rejected step's a for it and every larger p. "
+            "helped/hurt: the t-interval at 1 - a, which excludes 0 exactly where Holm rejects; equivalent: the "
+            "TOST interval at 1 - 2a (a from the TOST procedure), which lies within +-margin exactly where Holm "
+            "rejects (it may exclude 0 without meaning helped: the difference has its own test); undecided: the "
+            "wider of the two, which holds 0 and reaches beyond the margin. These intervals decide, they are "
+            "not simultaneous confidence intervals: only the first step's level (1 - alpha / m) would cover "
+            "all comparisons at once.")
     if report.design:
         looks = ", ".join(map(str, report.design.looks()))
         out.append(f"The seeds were added in rounds until every comparison of the default family was decided "
                    f"(ffnn compare --until-decided; looks at {looks} seeds). Optional stopping is accounted for "
-                   f"by {METHOD_NAME}: at an analysis of n seeds the interval uses the boundary that the spending "
-                   f"function gives after the planned looks before n, carried to the t scale at the same nominal "
-                   f"level, so the shown level is above 1 - alpha / m (a wider interval) at the early looks. References: C. Jennison and "
-                   f"B. W. Turnbull, Interim analyses: the repeated confidence interval approach, JRSS B 51 (1989) "
-                   f"305-361; K. K. G. Lan and D. L. DeMets, Discrete sequential boundaries for clinical trials, "
-                   f"Biometrika 70 (1983) 659-663.")
+                   f"by {METHOD_NAME}. The verdict is read from the interval shown (RCI): helped if it lies above "
+                   f"0, hurt if below 0, equivalent if it lies within +-{mg:g} points, undecided otherwise. Each of "
+                   f"a family's m comparisons gets alpha / m (Bonferroni, alpha {a:g}): all m intervals cover "
+                   f"their true differences at every look at once with probability >= 1 - {a:g}, so the "
+                   f"probability of any wrong verdict in the family (a false helped, hurt or equivalent), whenever "
+                   f"one stops, is at most {a:g}. At an analysis of n seeds the interval uses the boundary that "
+                   f"the spending function gives after the planned looks before n, carried to the t scale at the "
+                   f"same nominal level, so the shown level is above 1 - alpha / m (a wider interval) at the early "
+                   f"looks. Holm's step-down is not used in this mode (its group-sequential form recycles alpha "
+                   f"between hypotheses and re-tests earlier looks; G. Maurer and F. Bretz, Stat. Biopharm. Res. 5 "
+                   f"(2013) 311-320): Bonferroni is the simpler, valid and more conservative choice here, and the "
+                   f"fixed-sample Holm p-values are not shown because they ignore the optional stopping. "
+                   f"References: C. Jennison and B. W. Turnbull, Interim analyses: the repeated confidence "
+                   f"interval approach, JRSS B 51 (1989) 305-361; K. K. G. Lan and D. L. DeMets, Discrete "
+                   f"sequential boundaries for clinical trials, Biometrika 70 (1983) 659-663.")
     out.append(f"Seeds to decide (undecided comparisons only): seeds per model at which the nearer decision "
                f"(a difference from 0, or equivalence when the observed difference is within the margin) has "
                f"{report.cfg.power:.0%} power if the truth is the observed difference at the observed spread, at "
-               f"the family's alpha / m (statsmodels TTestPower for paired, TTestIndPower for Welch), for one "
-               f"fixed-sample analysis.")
+               f"the family's alpha / m, the first Holm step's level (statsmodels TTestPower for paired, "
+               f"TTestIndPower for Welch), for one fixed-sample analysis.")
     out.append(f"Failures are outcomes: a FAILED run is diverged (its ffnn.failure tag says so) or crashed; a "
                f"FINISHED run at or below {COLLAPSED_AT:g}% (chance plus 5 points) collapsed. They are counted per "
                f"model and left out of the means; a comparison with failed seeds names them in its verdict. "
