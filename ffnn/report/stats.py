@@ -154,8 +154,9 @@ def seeds_to_decide(diff: float, sd: float, margin: float, alpha: float, power: 
     ``alpha`` is the per-comparison level, i.e. already divided by the family size. The decision is
     the nearer one: a difference from 0 (two-sided t-test at ``alpha``) or, when the observed ``diff``
     lies within the margin, equivalence (TOST: each one-sided test at ``tost_alpha``; default
-    ``alpha / 2``, as reading equivalence from the two-sided interval at ``1 - alpha`` implies). statsmodels' ``TTestPower`` (paired: a one-sample test of
-    the differences) or ``TTestIndPower`` (Welch, equal groups).
+    ``alpha / 2``, as reading equivalence from the two-sided interval at ``1 - alpha`` implies).
+    statsmodels' ``TTestPower`` (paired: a one-sample test of the differences) or ``TTestIndPower``
+    (Welch, equal groups).
     ``seeds_to_decide(0.5, 1.0, 0.2, 0.05) == 34``  (statsmodels: 33.4 for d = 0.5, alpha 0.05, power 0.8)
     """
     if not (sd >= 0) or math.isinf(sd) or math.isnan(diff):
