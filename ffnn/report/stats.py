@@ -117,7 +117,7 @@ class Holm:
     rejected: np.ndarray  # bool per hypothesis
     tested_at: np.ndarray  # the level each was tested at: alpha / (m - k + 1) at step k while all before
     #                        were rejected; the first non-rejected step's level for it and all after it
-    p_adj: np.ndarray  # Holm-adjusted p (statsmodels multipletests); NaN where p is NaN
+    p_adj: np.ndarray  # Holm-adjusted p (as statsmodels multipletests gives it); NaN where p is NaN
 
 
 def holm(pvalues: Sequence[float], alpha: float) -> Holm:
