@@ -11,6 +11,7 @@ import os
 import statistics
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import Interrupted, UserError, install_interrupt_handlers
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: the file's)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     _register_flag(p)
+    p.add_argument("--until-decided", action="store_true",
+                   help="add --round seeds per model at a time until every step of the tutorial's chain is "
+                        "helped, hurt or equivalent (sequential rule, see the report's method), or --max-seeds")
+    p.add_argument("--max-seeds", type=int, default=60, help="--until-decided: seeds per model at most")
+    p.add_argument("--round", type=int, default=10, help="--until-decided: seeds added per model per round")
+    p.add_argument("--margin", type=float, default=0.2,
+                   help="--until-decided: points of accuracy within which two models count as equivalent")
     _data_flags(p)
     _tracking_flags(p)
 
@@ -80,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: reports/<experiment>/)")
     p.add_argument("--formats", default="csv,md,tex,html,png",
                    help="comma list of csv, md, tex, html, png")
+    p.add_argument("--margin", type=float, default=0.2,
+                   help="points of accuracy within which two models count as equivalent "
+                        "(an --until-decided experiment keeps its own)")
     _tracking_flags(p)
 
     p = sub.add_parser("tune", formatter_class=Formatter,
@@ -198,7 +209,16 @@ def cmd_compare(args) -> int:
                  "divergence_threshold": args.divergence_threshold, "divergence_window": args.divergence_window}
     cfg = build_compare_config(file_values, overrides)
     ctx = build_context(cfg.dataset, cfg.device, args)
-    rows, exp_id = compare(cfg, ctx, _progress([]))
+    if args.until_decided:
+        from .report import Design
+        from .until_decided import until_decided
+        res = until_decided(cfg, Design(margin=args.margin, round=args.round, max_seeds=args.max_seeds), ctx,
+                            _progress([]), lambda msg: print(msg, file=sys.stderr, flush=True))
+        rows, cfg = res.rows, replace(cfg, seeds=res.seeds)
+        print(f"\n--until-decided: {res.seeds} seeds per model; the {res.family} family is "
+              f"{'decided' if res.decided else f'not decided at --max-seeds {args.max_seeds}'}")
+    else:
+        rows, _ = compare(cfg, ctx, _progress([]))
     print_table(rows, cfg)
     print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {ctx.tracker.uri}  (make ui to browse)")
     if args.register:
@@ -274,7 +294,7 @@ def report_after(experiment: str, tracking_uri: str) -> None:
 
 def cmd_report(args) -> int:
     from .report import build_report_config, make_report
-    cfg = build_report_config(args.experiment, args.models, args.out, args.formats)
+    cfg = build_report_config(args.experiment, args.models, args.out, args.formats, args.margin)
     print_report(make_report(cfg, args.tracking_uri))
     return 0
 

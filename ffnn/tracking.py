@@ -79,6 +79,18 @@ DEFAULT_GRACE = 120.0  # seconds without a heartbeat after which an owner counts
 # An unreachable tracking server fails a command within about 20 s instead of MLflow's minutes of retries.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+TAG_FAILURE = "ffnn.failure"  # why a run FAILED, e.g. "diverged: loss is nan at step 120"
+TAG_FAILURE_STEP = "ffnn.failure_step"  # the optimizer step where it failed
+TAG_SEQUENTIAL = "ffnn.sequential"  # experiment tag: JSON of the --until-decided design (looks, alpha, margin)
+# `runs_frame` column of each field a report reads from a child run (mlflow.search_runs names).
+RUN_COLUMNS = {"run_id": "run_id", "experiment_id": "experiment_id", "status": "status", "start_time": "start_time",
+               "kind": f"tags.{TAG_KIND}", "model": "params.model", "model_tag": "tags.ffnn.model",
+               "seed": "params.seed", "hidden": "params.hidden_sizes", "activation": "params.activation",
+               "lr": "params.lr", "batch_size": "params.batch_size", "iters": "params.iters",
+               "dataset": "params.dataset", "spec": "tags.ffnn.spec", "device_name": "tags.ffnn.device_name",
+               "key": f"tags.{TAG_KEY}", "accuracy": "metrics.final_test_accuracy",
+               "train_seconds": "metrics.train_seconds", "failure": f"tags.{TAG_FAILURE}",
+               "failure_step": f"tags.{TAG_FAILURE_STEP}", "parent_run_id": "tags.mlflow.parentRunId"}
 # MLflow 3's UI shows an experiment as a runs table (not as GenAI traces) when it has this tag.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -359,6 +371,13 @@ class Tracker:
         except MlflowException:  # created meanwhile by a concurrent process
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def experiment_tags(self, experiment_id: str) -> dict[str, str]:
+        return dict(self.client.get_experiment(experiment_id).tags)
+
+    def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_experiment_tag(experiment_id, k, str(v))
+
     def experiment_names(self) -> list[str]:
         return [e.name for e in self.client.search_experiments()]
 
@@ -622,10 +641,19 @@ class Tracker:
 
     # reading back ----------------------------------------------------------
     def runs_frame(self, experiment_ids: list[str]) -> pd.DataFrame:
-        """All runs of the experiments, as ``mlflow.search_runs`` gives them."""
+        """All runs of the experiments, as ``mlflow.search_runs`` gives them (RUN_COLUMNS names what is read)."""
         mlflow.set_tracking_uri(self.uri)
         return mlflow.search_runs(experiment_ids=experiment_ids, output_format="pandas",
                                   max_results=100_000) if experiment_ids else pd.DataFrame()
+
+    def dataset_profile(self, run_id: str) -> dict[str, Any]:
+        """The profile ``log_dataset`` recorded on the run (num_train, num_test, sha256); {} if none."""
+        for d in self.client.get_run(run_id).inputs.dataset_inputs:
+            try:
+                return dict(json.loads(d.dataset.profile or "{}"))
+            except ValueError:
+                return {}
+        return {}
 
     def metric_history(self, run_id: str, key: str) -> pd.DataFrame:
         hist = self.client.get_metric_history(run_id, key)

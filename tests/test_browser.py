@@ -158,7 +158,7 @@ def test_mlflow_ui_shows_a_study_with_nested_trials(store, ui, browser, tmp_path
 def test_html_report_renders_offline_with_plots(store, browser, tmp_path):
     page = Path(store["tmp"]) / "report" / "summary.html"
     browser.get(page.as_uri())
-    wait_for_text(browser, "C -> D", "Verdicts", "Models")
+    wait_for_text(browser, "C -> D", "Answer", "Models")
     images = browser.find_elements("tag name", "img")
     assert images and all(browser.execute_script("return arguments[0].naturalWidth", img) > 100 for img in images)
     assert browser.find_elements("tag name", "table")

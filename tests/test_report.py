@@ -1,6 +1,6 @@
 """`ffnn report` against runs with known accuracies logged into a temporary MLflow store.
 
-The statistics are checked against scipy computed here, the Holm correction by hand.
+The verdicts are recomputed from the runs read back from MLflow with scipy and statsmodels.
 """
 
 from __future__ import annotations
@@ -8,17 +8,22 @@ from __future__ import annotations
 import ast
 import math
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_paired
+
 from ffnn import cli, report
 from ffnn.models import REGISTRY, ModelSpec, count_params
-from ffnn.report import (ModelInfo, ReportConfig, ReportError, band, build_report_config, hedges_g, holm,
-                         make_report, mean_ci, plan_comparisons, seeds_needed, t_test_power, verdict, welch)
-from ffnn.tracking import TAG_KEY, TAG_KIND, Tracker
+from ffnn.report import ModelInfo, ReportConfig, ReportError, build_report_config, make_report, plan
+from ffnn.report.plots import band
+from ffnn.report.stats import mean_ci
+from ffnn.tracking import RUN_COLUMNS, TAG_FAILURE, TAG_FAILURE_STEP, TAG_KEY, TAG_KIND, Tracker
 
 # Final test accuracies (percent) per model and seed: C is clearly above LR, D is C within noise.
 ACC = {
@@ -30,21 +35,25 @@ ACC = {
 TRAIN = {"lr": 0.1, "batch_size": 100, "iters": 20, "eval_every": 10, "dataset": "tiny"}
 
 
+TUNED = {"C*": (ModelSpec((300,), "relu"), 0.05), "D*": (ModelSpec((300, 300), "relu"), 0.03)}
+
+
 def log_run(tracker: Tracker, exp_id: str, parent: str, model: str, seed: int, accuracy: float | None,
-            status: str = "FINISHED") -> str:
+            status: str = "FINISHED", failure: str = "") -> str:
     """One child run as `ffnn compare` logs it; ``accuracy`` None logs no final metric."""
-    spec = REGISTRY[model]
-    params = {"model": model, "activation": spec.activation_name, "hidden_sizes": spec.hidden_str, **TRAIN,
-              "seed": seed, "device": "cpu", "n_params": count_params(spec)}
+    spec, lr = TUNED.get(model, (REGISTRY.get(model), TRAIN["lr"]))
+    params = {"model": model, "activation": spec.activation_name, "hidden_sizes": spec.hidden_str,
+              **TRAIN, "lr": lr, "seed": seed, "device": "cpu", "n_params": count_params(spec)}
     run_id = tracker.start_run(exp_id, f"{model} seed={seed}", params,
                                {TAG_KIND: "run", TAG_KEY: f"{model}-{seed}", "ffnn.model": model,
                                 "ffnn.spec": spec.describe(), "ffnn.device_name": "test cpu"}, parent_id=parent)
     if accuracy is not None:
+        tracker.log_dataset(run_id, "tiny", "0" * 64, "/tiny", 600, 200)
         tracker.log_metrics(run_id, "test_accuracy", [(10, accuracy - 1.0), (20, accuracy)])
         tracker.log_metrics(run_id, "train_loss", [(s, 2.0 / s) for s in range(1, 21)])
         tracker.log_values(run_id, {"final_test_accuracy": accuracy, "train_seconds": 1.5}, step=20)
     if status != "RUNNING":
-        tracker.end_run(run_id, status)
+        tracker.end_run(run_id, status, {TAG_FAILURE: failure, TAG_FAILURE_STEP: "12"} if failure else None)
     return run_id
 
 
@@ -61,8 +70,18 @@ def store(tmp_path_factory) -> str:
     for model, accs in ACC.items():
         for seed, acc in enumerate(accs):
             log_run(tracker, exp_id, parent, model, seed, acc)
-    log_run(tracker, exp_id, parent, "D", 7, None, "FAILED")
+    log_run(tracker, exp_id, parent, "D", 7, None, "FAILED", "diverged: loss is nan at step 12")
+    log_run(tracker, exp_id, parent, "E", 1, 9.8)  # collapsed: chance accuracy
     log_run(tracker, exp_id, parent, "C", 8, None, "RUNNING")
+    tracker.end_run(parent)
+    tuned = tracker.experiment_id("tuned")
+    parent = tracker.start_run(tuned, "compare", {}, {TAG_KIND: "comparison"})
+    for model, accs in {**{m: ACC[m] for m in ("LR", "C", "D")}, "C*": [97.0, 97.1, 97.2, 97.05, 97.15],
+                        "D*": [97.8, 97.95, 98.0]}.items():
+        for seed, acc in enumerate(accs):
+            log_run(tracker, tuned, parent, model, seed, acc)
+    for seed in (3, 4):
+        log_run(tracker, tuned, parent, "D*", seed, None, "FAILED", "diverged: loss is inf")
     tracker.end_run(parent)
     tracker.experiment_id("empty")
     failed_exp = tracker.experiment_id("failed")
@@ -109,35 +128,7 @@ def html_tables(page: str) -> list[list[list[str]]]:
     return parser.tables
 
 
-# ---------------------------------------------------------------- pure statistics
-def test_holm_matches_a_hand_computed_case():
-    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
-    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
-    assert holm([0.5, 0.001, 0.02, 0.9]).tolist() == pytest.approx([1.0, 0.004, 0.06, 1.0])
-
-
-def test_holm_leaves_nan_out_of_the_family():
-    out = holm([0.01, math.nan, 0.04])
-    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
-
-
-def test_mean_ci_matches_scipy_t_interval():
-    x = [91.7, 91.8, 91.9, 91.75]
-    assert mean_ci(x) == pytest.approx(stats.t.interval(0.95, 3, loc=np.mean(x), scale=stats.sem(x)))
-    assert all(math.isnan(v) for v in mean_ci([1.0]))
-
-
-def test_welch_matches_scipy_and_hedges_g_by_formula():
-    a, b = ACC["LR"], ACC["C"]
-    res = stats.ttest_ind(b, a, equal_var=False)
-    d = welch(a, b)
-    assert d.diff == pytest.approx(np.mean(b) - np.mean(a))
-    assert d.p == pytest.approx(res.pvalue)
-    assert (d.ci_low, d.ci_high) == pytest.approx(tuple(res.confidence_interval(0.95)))
-    pooled = math.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)  # equal n
-    assert hedges_g(a, b) == pytest.approx((np.mean(b) - np.mean(a)) / pooled * (1 - 3 / (4 * 10 - 9)))
-
-
+# ---------------------------------------------------------------- pure parts
 def test_band_is_mean_ci_at_every_step():
     curves = pd.DataFrame({"step": [10, 10, 10, 20, 20, 30], "value": [1.0, 2.0, 4.0, 5.0, 5.5, 7.0]})
     b = band(curves).set_index("step")
@@ -148,40 +139,30 @@ def test_band_is_mean_ci_at_every_step():
     assert math.isnan(b.loc[30, "low"]) and b.loc[30, "mean"] == 7.0
 
 
-def test_seeds_needed_matches_cohens_table():
-    assert round(t_test_power(0.5, 64), 3) == 0.801
-    assert seeds_needed(0.5, 1.0) == 64  # d = 0.5, alpha 0.05 two-sided, 80% power
-    assert seeds_needed(0.8, 1.0) == 26
-    assert seeds_needed(0.2, 0.0) == 2 and seeds_needed(0.2, math.nan) is None
-
-
-def test_verdict_by_corrected_p_and_sign():
-    assert [verdict(0.6, 0.002), verdict(-0.6, 0.002), verdict(0.6, 0.2), verdict(0.6, math.nan)] == \
-        ["helped", "hurt", "no evidence", "undecidable"]
-
-
 def _infos(**specs: ModelSpec) -> dict[str, ModelInfo]:
     return {n: ModelInfo(n, s, (0.1, 100, 3000, "mnist")) for n, s in specs.items()}
 
 
-def test_plan_comparisons_of_the_tutorial_models():
-    steps = plan_comparisons(_infos(**REGISTRY))
-    assert [(s.a, s.b, s.kind) for s in steps] == [
-        ("LR", "C", "nonlinearity"), ("A", "B", "activation"), ("A", "C", "activation"),
-        ("B", "C", "activation"), ("C", "D", "depth"), ("D", "E", "depth")]
+def test_plan_of_the_tutorial_models_is_the_chain_plus_lr_c_and_a_c():
+    steps = plan(_infos(**REGISTRY))
+    assert [(s.family, s.a, s.b) for s in steps] == [
+        ("tutorial", "LR", "A"), ("tutorial", "A", "B"), ("tutorial", "B", "C"), ("tutorial", "C", "D"),
+        ("tutorial", "D", "E"), ("tutorial", "LR", "C"), ("tutorial", "A", "C")]
 
 
-def test_plan_comparisons_adds_width_pairs_and_tuned_models():
-    infos = _infos(C=REGISTRY["C"], W50=ModelSpec((50,), "relu"), W200=ModelSpec((200,), "relu"))
+def test_plan_puts_width_steps_recipes_and_tuned_steps_in_their_own_families():
+    infos = _infos(C=REGISTRY["C"], D=REGISTRY["D"], W50=ModelSpec((50,), "relu"), W200=ModelSpec((200,), "relu"))
     infos["C*"] = ModelInfo("C*", ModelSpec((300,), "relu"), (0.05, 100, 3000, "mnist"))  # tuned lr
-    pairs = {(s.a, s.b): s.kind for s in plan_comparisons(infos)}
-    assert pairs == {("W50", "C"): "width", ("C", "W200"): "width", ("C", "C*"): "tuned"}
+    infos["D*"] = ModelInfo("D*", ModelSpec((300, 50), "relu"), (0.02, 100, 3000, "mnist"))
+    got = {(s.a, s.b): s.family for s in plan(infos)}
+    assert got == {("C", "D"): "tutorial", ("W50", "C"): "specs", ("C", "W200"): "specs",
+                   ("C", "C*"): "recipe", ("D", "D*"): "recipe", ("C*", "D*"): "tuned"}
 
 
-def test_plan_comparisons_skips_pairs_with_different_training():
+def test_plan_skips_untuned_pairs_with_different_training():
     infos = _infos(C=REGISTRY["C"])
     infos["D"] = ModelInfo("D", REGISTRY["D"], (0.1, 100, 1000, "mnist"))
-    assert plan_comparisons(infos) == []
+    assert plan(infos) == []
 
 
 # ---------------------------------------------------------------- from the store
@@ -199,39 +180,97 @@ def test_summary_numbers_match_the_logged_accuracies(full):
     assert s.loc["C", "train_seconds"] == pytest.approx(1.5) and s.loc["C", "devices"] == "test cpu"
 
 
-def test_failed_unfinished_and_duplicate_runs_are_excluded_and_counted(full):
+def test_failures_are_outcomes_counted_per_model_not_averaged_in(full):
     s = full.summary.set_index("model")
-    assert (s.loc["D", "n_failed"], s.loc["D", "n_unfinished"]) == (1, 0)
-    assert (s.loc["C", "n_failed"], s.loc["C", "n_unfinished"]) == (0, 1)
+    assert (s.loc["D", "n_diverged"], s.loc["D", "n_crashed"], s.loc["D", "n_unfinished"]) == (1, 0, 0)
+    assert (s.loc["E", "n_collapsed"], s.loc["E", "n_seeds"], s.loc["E", "mean"]) == (1, 1, 96.0)
+    assert s.loc["C", "n_unfinished"] == 1
     assert s.loc["C", "min"] > 90  # the superseded 50% run of C seed 0 is not used
-    notes = " ".join(full.notes)
-    assert "1 duplicate run(s)" in notes and "1 failed or killed, 1 unfinished" in notes
-
-
-def test_comparisons_p_values_and_holm_match_scipy(full):
+    assert "1 duplicate run(s)" in " ".join(full.notes)
     c = full.comparisons.set_index(["a", "b"])
-    assert list(c.index) == [("LR", "C"), ("C", "D"), ("D", "E")]
-    p = {}
-    for a, b in [("LR", "C"), ("C", "D")]:
-        res = stats.ttest_ind(ACC[b], ACC[a], equal_var=False)
-        p[a, b] = res.pvalue
-        assert c.loc[(a, b), "p"] == pytest.approx(res.pvalue)
-        ci = res.confidence_interval(0.95)
-        assert (c.loc[(a, b), "ci_low"], c.loc[(a, b), "ci_high"]) == pytest.approx((ci.low, ci.high))
-    # two decidable comparisons: the smaller p doubles, the larger stays (if still above)
-    small, large = sorted(p.values())
-    assert sorted(c["p_holm"].dropna()) == pytest.approx([2 * small, max(2 * small, large)])
+    assert c.loc[("C", "D"), "failures"] == "D: 1 of 6 seeds diverged"
+    assert c.loc[("D", "E"), "failures"] == "D: 1 of 6 seeds diverged; E: 1 of 2 seeds collapsed"
 
 
-def test_verdicts_helped_no_evidence_and_undecidable(full):
-    v = full.comparisons.set_index(["a", "b"])["verdict"]
-    assert v[("LR", "C")] == "helped"
-    assert v[("C", "D")] == "no evidence"
-    assert v[("D", "E")] == "undecidable"
-    lines = full.verdict_lines()
-    assert lines[0].startswith("LR -> C (add a hidden ReLU layer): +") and lines[0].endswith("helped (p<0.001)")
-    assert "undecidable: E has 1 seed (need >= 2)" in lines[2] and "seeds per model to detect 0.2 pts" in lines[2]
-    assert "E: only 1 finished seed" in " ".join(full.notes)
+def _runs_from_mlflow(uri: str, experiment: str) -> pd.DataFrame:
+    """The FINISHED child runs, read back with MLflow's own search, as model, seed, accuracy."""
+    tracker = Tracker.open(uri)
+    frame = tracker.runs_frame([tracker.experiment_id(experiment, create=False)])
+    frame = frame[(frame[RUN_COLUMNS["kind"]] == "run") & (frame["status"] == "FINISHED")]
+    frame = frame.sort_values("start_time").drop_duplicates(RUN_COLUMNS["key"], keep="last")
+    return pd.DataFrame({"model": frame[RUN_COLUMNS["model"]], "seed": frame[RUN_COLUMNS["seed"]].astype(int),
+                         "accuracy": frame[RUN_COLUMNS["accuracy"]]})
+
+
+def test_paired_p_tost_and_adjustment_recompute_from_mlflow_with_scipy_and_statsmodels(full, store):
+    runs = _runs_from_mlflow(store, "cmp")
+    runs = runs[runs["accuracy"] > 15]  # the collapsed run is an outcome, not an observation
+    c = full.comparisons.set_index(["a", "b"])
+    assert list(c.index) == [("C", "D"), ("D", "E"), ("LR", "C")] and set(c["family"]) == {"tutorial"}  # chain order
+    p, q = [], []
+    for a, b in [("C", "D"), ("LR", "C")]:
+        x = runs[runs["model"] == a].set_index("seed")["accuracy"]
+        y = runs[runs["model"] == b].set_index("seed")["accuracy"]
+        shared = sorted(set(x.index) & set(y.index))
+        x, y = x[shared].to_numpy(), y[shared].to_numpy()
+        ref = stats.ttest_rel(y, x)
+        assert c.loc[(a, b), "paired"] and c.loc[(a, b), "n_a"] == 5
+        assert c.loc[(a, b), "p"] == pytest.approx(ref.pvalue)
+        assert c.loc[(a, b), "p_tost"] == pytest.approx(ttost_paired(y, x, -0.2, 0.2)[0])
+        assert c.loc[(a, b), "corr"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+        p.append(ref.pvalue)
+        q.append(ttost_paired(y, x, -0.2, 0.2)[0])
+    # Holm over the family's m = 3 steps; D -> E has no p (E has one seed): counted, never rejected
+    assert c["p_adj"].dropna().to_numpy() == pytest.approx(multipletests(p + [1.0], method="holm")[1][:2])
+    assert c["p_tost_adj"].dropna().to_numpy() == pytest.approx(multipletests(q + [1.0], method="holm")[1][:2])
+    # LR -> C has the smallest p: Holm's first step, at 0.05 / 3, rejects; C -> D is tested at 0.05 / 2 and
+    # is not; its TOST (first TOST step, 0.05 / 3) is not rejected either, and the wider interval is shown
+    assert p[1] < 0.05 / 3 < 0.05 / 2 < p[0] and q[0] > 0.05 / 3
+    for (a, b), level in [(("LR", "C"), 1 - 0.05 / 3), (("C", "D"), 1 - 0.05 / 2)]:
+        x = runs[runs["model"] == a].sort_values("seed")["accuracy"].to_numpy()[:5]
+        y = runs[runs["model"] == b].sort_values("seed")["accuracy"].to_numpy()[:5]
+        ci = stats.ttest_rel(y, x).confidence_interval(level)
+        assert c.loc[(a, b), "interval"] == "difference" and c.loc[(a, b), "level"] == pytest.approx(level)
+        assert (c.loc[(a, b), "low"], c.loc[(a, b), "high"]) == pytest.approx((ci.low, ci.high))
+    csv = pd.read_csv(full.out / "comparisons.csv")
+    assert csv["p"].to_numpy() == pytest.approx(c["p"].to_numpy(float), nan_ok=True)
+    assert csv["p_adj"].to_numpy() == pytest.approx(c["p_adj"].to_numpy(float), nan_ok=True)
+    md = (full.out / "summary.md").read_text()
+    assert "| Holm p |" in md and "Holm TOST p" in md and "S. Holm" in md
+
+
+def test_verdicts_helped_undecided_with_seeds_and_reasons(full):
+    c = full.comparisons.set_index(["a", "b"])
+    v = c["verdict"]
+    assert v[("LR", "C")] == "helped" and v[("C", "D")] == "undecided" and v[("D", "E")] == "undecided"
+    assert c.loc[("C", "D"), "seeds_needed"] > 5 and pd.isna(c.loc[("LR", "C"), "seeds_needed"])
+    cd, de, lrc = full.verdict_lines()
+    assert lrc.startswith("LR -> C (add a relu hidden layer): +") and ", helped; paired n=5, r=" in lrc
+    assert "undecided" in cd and "seeds to decide" in cd and "D: 1 of 6 seeds diverged" in cd
+    assert "undecided: E has 1 finished seed (need >= 2)" in de
+    answers = full.answer_lines()
+    diff = np.mean(ACC["C"]) - np.mean(ACC["LR"])
+    assert answers[2].startswith(f"LR -> C (add a relu hidden layer): helped, {diff:+.2f} points (98.3% interval")
+
+
+def test_equivalent_when_the_interval_lies_within_the_margin(store, tmp_path):
+    rep = make_report(build_report_config(["cmp"], "C,D", str(tmp_path), "csv", margin=1.0), store)
+    r = rep.comparisons.iloc[0]
+    assert (r["a"], r["b"], r["verdict"]) == ("C", "D", "equivalent") and -1 < r["low"] < r["high"] < 1
+
+
+def test_tuned_models_do_not_change_the_tutorial_verdicts_and_failures_are_named(store, tmp_path):
+    untuned = make_report(build_report_config(["tuned"], "LR,C,D", str(tmp_path / "a"), "csv"), store)
+    everything = make_report(build_report_config(["tuned"], None, str(tmp_path / "b"), "csv"), store)
+    cols = ["a", "b", "low", "high", "verdict"]
+    tutorial = everything.comparisons[everything.comparisons["family"] == "tutorial"]
+    pd.testing.assert_frame_equal(tutorial[cols].reset_index(drop=True), untuned.comparisons[cols])
+    c = everything.comparisons.set_index(["a", "b"])
+    assert c.loc[("C", "C*"), "family"] == "recipe" and c.loc[("D", "D*"), "family"] == "recipe"
+    assert c.loc[("C*", "D*"), "family"] == "tuned" and c.loc[("C*", "D*"), "verdict"] == "helped"
+    line = next(x for x in everything.verdict_lines() if x.startswith("C* -> D*"))
+    assert "helped" in line and line.endswith("D*: 2 of 5 seeds diverged")
+    assert everything.summary.set_index("model").loc["D*", "n_diverged"] == 2
 
 
 def test_every_export_exists_and_parses(full):
@@ -245,14 +284,20 @@ def test_every_export_exists_and_parses(full):
         full.comparisons[["a", "b", "verdict"]].values.tolist()
     assert comparisons["p"].to_numpy() == pytest.approx(full.comparisons["p"].to_numpy(float), nan_ok=True)
     md = (full.out / "summary.md").read_text()
-    assert "| Model | Spec |" in md and "![" in md and "(accuracy_curves.png)" in md and "**helped**" in md
+    assert md.splitlines()[2] == "## Answer" and "- LR -> C (add a relu hidden layer): **helped**, +3.95" in md.split("## Models")[0]
+    assert "| Model | Spec |" in md and "![" in md and "(accuracy_curves.png)" in md and "## Method" in md
+    p = np.mean([a for accs in ACC.values() for a in accs]) / 100
+    assert f"binomial standard error of one run's test accuracy is {100 * math.sqrt(p * (1 - p) / 200):.2f}" in md
+    assert "(200 test images)" in md
+    assert "ttest_rel" in md and "seed-to-seed standard deviation" in md
     tex = (full.out / "summary.tex").read_text()
     assert tex.count(r"\toprule") == 2 and r"\bottomrule" in tex and "LR $\\rightarrow$ C" in tex
     page = (full.out / "summary.html").read_text()
     tables = html_tables(page)
     assert len(tables) == 2
     assert tables[0][0][:2] == ["Model", "Spec"] and [r[0] for r in tables[0][1:]] == ["LR", "C", "D", "E"]
-    assert [r[0] for r in tables[1][1:]] == ["LR -> C", "C -> D", "D -> E"]
+    assert [r[1] for r in tables[1][1:]] == ["C -> D", "D -> E", "LR -> C"]
+    assert "<b>helped</b>" in page
     assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page
     for name in ("accuracy_curves.png", "train_loss.png", "final_accuracy.png"):
         assert (full.out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -284,7 +329,7 @@ def test_experiment_without_runs_is_an_error(store, tmp_path):
 
 
 def test_experiment_with_only_failed_runs_is_an_error(store, tmp_path):
-    with pytest.raises(ReportError, match=r"no finished runs to report on \(1 failed, 0 unfinished\)"):
+    with pytest.raises(ReportError, match=r"no finished runs to report on \(1 failed, 0 collapsed, 0 unfinished\)"):
         make_report(ReportConfig(experiments=("failed",), out=tmp_path), store)
 
 
@@ -299,17 +344,18 @@ def test_cli_report_prints_verdicts_and_exits_2_on_bad_input(store, tmp_path, ca
     assert cli.main(["report", "--tracking-uri", store, "--experiment", "cmp", "--out", str(tmp_path),
                      "--formats", "csv,md"]) == 0
     out = capsys.readouterr().out
-    assert "LR -> C (add a hidden ReLU layer)" in out and "helped" in out and "summary.md" in out
+    assert "LR -> C (add a relu hidden layer)" in out and "helped" in out and "summary.md" in out
     assert cli.main(["report", "--tracking-uri", store, "--experiment", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ffnn report: error: --experiment: no experiment 'nope'")
 
 
-def test_report_module_does_not_import_mlflow():
-    tree = ast.parse(open(report.__file__).read())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert "mlflow" not in imported
+def test_report_package_does_not_import_mlflow():
+    for path in Path(report.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "mlflow" not in imported, path
 
 
 def test_compare_runs_the_report_at_the_end(tiny, tmp_path, monkeypatch, capsys):
@@ -319,6 +365,6 @@ def test_compare_runs_the_report_at_the_end(tiny, tmp_path, monkeypatch, capsys)
                      "--experiment", "t", "--models", "LR,C", "--seeds", "2", "--workers", "1",
                      "--iters", "20", "--eval-every", "10", "--batch-size", "20"]) == 0
     out = capsys.readouterr().out
-    assert "LR -> C (add a hidden ReLU layer):" in out
+    assert "LR -> C (add a relu hidden layer):" in out
     assert (tmp_path / "reports" / "t" / "summary.html").is_file()
     assert len(pd.read_csv(tmp_path / "reports" / "t" / "summary.csv")) == 2

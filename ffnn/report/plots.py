@@ -1,0 +1,126 @@
+"""The report's figures: accuracy curves, train loss, final accuracy per seed (matplotlib, no pyplot)."""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global state, no display; PNGs go through Agg
+from scipy import stats
+
+from ..tracking import Tracker
+from .runs import Selection
+
+PLOTS = {"accuracy_curves.png": "Test accuracy vs iteration (mean over seeds, 95% band)",
+         "train_loss.png": "Train loss vs iteration (smoothed, mean over seeds, 95% band)",
+         "final_accuracy.png": "Final test accuracy per seed, with mean and 95% CI"}
+LOSS_SMOOTHING = 20  # logged train_loss points (10 steps each) per rolling mean: 200 steps
+
+
+def histories(tracker: Tracker, kept: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``test_accuracy`` and ``train_loss`` histories: columns model, seed, step (iteration), value."""
+    out = {}
+    for key in ("test_accuracy", "train_loss"):
+        parts = []
+        for r in kept.itertuples():
+            h = tracker.metric_history(r.run_id, key)
+            parts.append(h.assign(model=r.model, seed=r.seed))
+        out[key] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+            columns=["step", "value", "model", "seed"])
+    return out
+
+
+def band(curves: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per step: mean over seeds and its Student-t interval (NaN with one seed), as ``mean_ci`` gives it.
+
+    ``band(pd.DataFrame({"step": [1, 1, 1], "value": [1.0, 2.0, 3.0]}))`` -> step 1, mean 2, low -0.484, high 4.484
+    """
+    g = curves.groupby("step", sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
+    with np.errstate(invalid="ignore"):
+        half = stats.t.ppf((1 + confidence) / 2, g["count"] - 1) * g["std"] / np.sqrt(g["count"])
+    return g.assign(low=g["mean"] - half, high=g["mean"] + half)[["step", "mean", "low", "high"]]
+
+
+def _colors(names: Sequence[str]) -> dict[str, tuple]:
+    cmap = matplotlib.colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(names)}
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def render_plots(sel: Selection, curves: dict[str, pd.DataFrame], summary: pd.DataFrame,
+                 confidence: float = 0.95) -> dict[str, bytes]:
+    """The three figures as PNG bytes, keyed by file name (see PLOTS)."""
+    names = list(sel.models)
+    colors = _colors(names)
+    label = {m: f"{m} ({sel.models[m].spec.describe()})" for m in names}
+    pct = f"{confidence:.0%}"
+    figs = {}
+
+    fig = Figure(figsize=(9, 5.5))
+    ax = fig.subplots()
+    acc = curves["test_accuracy"]
+    for m in names:
+        b = band(acc[acc["model"] == m], confidence)
+        if b.empty:
+            continue
+        ax.plot(b["step"], b["mean"], marker="o", ms=3, color=colors[m], label=label[m])
+        ax.fill_between(b["step"], b["low"], b["high"], color=colors[m], alpha=0.2, lw=0)
+    if not acc.empty:
+        last = acc[acc["step"] == acc["step"].max()]["value"]
+        ax.set_ylim(max(acc["value"].min(), last.min() - 8) - 0.5, min(100, acc["value"].max() + 0.5))
+    ax.set(xlabel="iteration (optimizer step)", ylabel="test accuracy (%)",
+           title=f"Test accuracy vs iteration: mean over seeds, {pct} band")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    figs["accuracy_curves.png"] = _png(fig)
+
+    fig = Figure(figsize=(9, 5.5))
+    ax = fig.subplots()
+    loss = curves["train_loss"]
+    for m in names:
+        mine = loss[loss["model"] == m].sort_values(["seed", "step"])
+        if mine.empty:
+            continue
+        mine = mine.assign(value=mine.groupby("seed")["value"].transform(
+            lambda v: v.rolling(LOSS_SMOOTHING, min_periods=1).mean()))
+        b = band(mine, confidence)
+        ax.plot(b["step"], b["mean"], color=colors[m], label=label[m], lw=1.5)
+        ax.fill_between(b["step"], b["low"], b["high"], color=colors[m], alpha=0.2, lw=0)
+    ax.set_yscale("log")
+    ax.set(xlabel="iteration (optimizer step)", ylabel="train loss (cross-entropy, log scale)",
+           title=f"Train loss, rolling mean over {LOSS_SMOOTHING * 10} steps: mean over seeds, {pct} band")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper right", fontsize=9)
+    figs["train_loss.png"] = _png(fig)
+
+    fig = Figure(figsize=(max(6, 1.3 * len(names) + 2), 5.5))
+    ax = fig.subplots()
+    rng = np.random.default_rng(0)  # jitter only
+    for i, m in enumerate(names):
+        vals = sel.kept.loc[sel.kept["model"] == m, "accuracy"].to_numpy(float)
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(vals)), vals, s=22, color=colors[m], alpha=0.8, zorder=3)
+        row = summary[summary["model"] == m].iloc[0]
+        if row["n_seeds"] == 0:
+            continue
+        if row["n_seeds"] > 1:
+            ax.errorbar(i + 0.25, row["mean"], yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]],
+                        fmt="D", color="black", ms=5, capsize=4, zorder=4)
+        else:
+            ax.plot(i + 0.25, row["mean"], "D", color="black", ms=5, zorder=4)
+        ax.annotate(f"{row['mean']:.2f}", (i + 0.32, row["mean"]), va="center", fontsize=8)
+    ax.set_xticks(range(len(names)), [f"{m}\n{sel.models[m].spec.describe()}".replace(" ", "\n", 1)
+                                      for m in names], fontsize=8)
+    ax.set_xlim(-0.5, len(names) - 0.2)
+    ax.set(ylabel="final test accuracy (%)",
+           title=f"Final test accuracy: one dot per seed, diamond = mean with {pct} CI")
+    ax.grid(axis="y", alpha=0.3)
+    figs["final_accuracy.png"] = _png(fig)
+    return figs

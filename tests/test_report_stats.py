@@ -1,0 +1,152 @@
+"""The report's statistics against scipy and statsmodels, and the group-sequential boundaries
+against published values (gsDesign / rpact, Lan-DeMets O'Brien-Fleming spending)."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestIndPower, TTestPower
+from statsmodels.stats.weightstats import ttost_ind, ttost_paired
+
+from ffnn.report import sequential
+from ffnn.report.sequential import Design, fixed_z, z_boundaries
+from ffnn.report.stats import binomial_se, decide, holm, mean_ci, paired_or_welch, seeds_to_decide
+
+A = [91.7, 91.8, 91.9, 91.75, 91.85]
+B = [91.9, 91.95, 92.2, 91.9, 92.1]
+
+
+def test_paired_test_on_shared_seeds_matches_scipy_ttest_rel_and_statsmodels_tost():
+    t = paired_or_welch(A, B, range(5), range(5), margin=0.2)
+    ref = stats.ttest_rel(B, A)
+    assert t.paired and t.n_a == 5 and t.df == 4
+    assert t.p == pytest.approx(ref.pvalue) and t.diff == pytest.approx(np.mean(B) - np.mean(A))
+    ci = ref.confidence_interval(0.95)
+    assert (t.diff - stats.t.ppf(0.975, 4) * t.se, t.diff + stats.t.ppf(0.975, 4) * t.se) == \
+        pytest.approx((ci.low, ci.high))
+    assert t.p_tost == pytest.approx(ttost_paired(np.array(B), np.array(A), -0.2, 0.2)[0])
+    assert t.corr == pytest.approx(np.corrcoef(A, B)[0, 1])
+
+
+def test_pairing_uses_only_the_shared_seeds_in_seed_order():
+    t = paired_or_welch([1.0, 2.0, 3.0, 9.0], [2.5, 1.2, 3.1], seeds_a=[0, 1, 2, 3], seeds_b=[1, 0, 2])
+    assert t.paired and t.n_a == 3
+    assert t.p == pytest.approx(stats.ttest_rel([1.2, 2.5, 3.1], [1.0, 2.0, 3.0]).pvalue)
+
+
+def test_welch_where_seeds_do_not_match_matches_scipy_and_statsmodels():
+    a, b = np.array(A), np.array(B[:4])
+    t = paired_or_welch(a, b, [0, 1, 2, 3, 4], [10, 11, 12, 13], margin=0.2)
+    ref = stats.ttest_ind(b, a, equal_var=False)
+    assert not t.paired and (t.n_a, t.n_b) == (5, 4) and math.isnan(t.corr)
+    assert t.p == pytest.approx(ref.pvalue) and t.df == pytest.approx(ref.df)
+    ci = ref.confidence_interval(0.95)
+    assert t.diff + stats.t.ppf(0.975, t.df) * t.se == pytest.approx(ci.high)
+    assert t.p_tost == pytest.approx(ttost_ind(b, a, -0.2, 0.2, usevar="unequal")[0])
+
+
+def test_decide_reads_the_four_verdicts_from_an_interval():
+    got = decide([0.1, -0.5, -0.1, -0.1, math.nan], [0.5, -0.1, 0.15, 0.3, math.nan], 0.2)
+    assert got.tolist() == ["helped", "hurt", "equivalent", "undecided", "undecided"]
+
+
+def test_holm_matches_statsmodels_and_counts_untestable_steps():
+    p = [0.001, 0.02, 0.3, math.nan]
+    h = holm(p, 0.05)
+    ref = multipletests([0.001, 0.02, 0.3, 1.0], alpha=0.05, method="holm")
+    assert h.rejected.tolist() == ref[0].tolist() == [True, False, False, False]
+    assert h.p_adj[:3] == pytest.approx(ref[1][:3]) and math.isnan(h.p_adj[3])
+    assert h.tested_at[:3] == pytest.approx([0.05 / 4, 0.05 / 3, 0.05 / 3])
+
+
+def test_holm_interval_excludes_0_and_tost_interval_lies_within_the_margin_exactly_where_holm_rejects():
+    """Random families of paired comparisons: the t-interval at 1 - tested_at excludes 0 iff Holm rejects the
+    t-test p; the TOST interval at 1 - 2 tested_at lies within +-margin iff Holm rejects the TOST p."""
+    rng = np.random.default_rng(0)
+    margin, alpha, seen = 0.2, 0.05, set()
+    for k in range(200):
+        m, n = int(rng.integers(1, 8)), int(rng.integers(3, 12))
+        deltas = rng.choice([0.0, 0.05, 0.1, 0.3], m)
+        x = rng.normal(0, 0.15, (n, m))
+        y = x + deltas + rng.normal(0, 0.1, (n, m))
+        tests = [paired_or_welch(x[:, i], y[:, i], margin=margin) for i in range(m)]
+        h, e = holm([t.p for t in tests], alpha), holm([t.p_tost for t in tests], alpha)
+        if k < 10:  # statsmodels' holm runs gc.collect() on every call: a sample is enough
+            for got, pvals in ((h, [t.p for t in tests]), (e, [t.p_tost for t in tests])):
+                ref = multipletests(pvals, alpha, "holm")
+                assert got.rejected.tolist() == ref[0].tolist() and got.p_adj == pytest.approx(ref[1])
+        for i, t in enumerate(tests):
+            ref = stats.ttest_rel(y[:, i], x[:, i])
+            ci = ref.confidence_interval(1 - h.tested_at[i])
+            assert (ci.low > 0 or ci.high < 0) == h.rejected[i]
+            eq = ref.confidence_interval(1 - 2 * e.tested_at[i])
+            assert (-margin < eq.low and eq.high < margin) == e.rejected[i]
+            seen.add((bool(h.rejected[i]), bool(e.rejected[i])))
+    assert seen >= {(True, False), (False, True), (False, False)}  # every outcome came up
+
+
+def test_seeds_to_decide_is_the_smallest_n_with_statsmodels_power():
+    n = seeds_to_decide(0.5, 1.0, margin=0.2, alpha=0.05)
+    power = lambda k: TTestPower().power(effect_size=0.5, nobs=k, alpha=0.05)  # noqa: E731
+    assert power(n) >= 0.8 > power(n - 1) and n == 34
+    # where statsmodels' own solve_power stops short (n = 2.6 while n = 3 has power 0.50)
+    n = seeds_to_decide(0.9167, 0.1914, 0.2, 0.01)
+    d = 0.9167 / 0.1914
+
+    def nct_power(k: int) -> float:  # two-sided one-sample t power, integrated over the chi of the std
+        c, nc, df = stats.t.isf(0.005, k - 1), d * math.sqrt(k), k - 1
+        dens = lambda s: stats.chi.pdf(s * math.sqrt(df), df) * math.sqrt(df)  # noqa: E731  s = sqrt(V / df)
+        return integrate.quad(lambda s: dens(s) * (stats.norm.cdf(nc - c * s) + stats.norm.cdf(-nc - c * s)),
+                              0, np.inf)[0]
+    assert nct_power(n) >= 0.8 > nct_power(n - 1) and n == 4
+    # near zero the equivalence test decides: one-sided at alpha / 2 against the nearer margin
+    n = seeds_to_decide(0.0, 0.15, 0.2, 0.01)
+    eq = lambda k: TTestPower().power(effect_size=0.2 / 0.15, nobs=k, alpha=0.005, alternative="larger")  # noqa
+    assert eq(n) >= 0.8 > eq(n - 1)
+    unpaired = seeds_to_decide(0.5, 1.0, 0.2, 0.05, paired=False)
+    assert TTestIndPower().power(effect_size=0.5, nobs1=unpaired, alpha=0.05) >= 0.8 and unpaired == 64
+    # a smaller alpha (a larger family) needs more seeds
+    assert seeds_to_decide(0.5, 1.0, 0.2, 0.05 / 7) > 34
+    assert seeds_to_decide(0.2, 0.0, 0.2, 0.05) == 2 and seeds_to_decide(0.2, math.nan, 0.2, 0.05) is None
+
+
+def test_binomial_se_and_mean_ci():
+    assert binomial_se(98.0, 10_000) == pytest.approx(100 * math.sqrt(0.98 * 0.02 / 10_000))
+    assert mean_ci(A) == pytest.approx(stats.t.interval(0.95, 4, loc=np.mean(A), scale=stats.sem(A)))
+
+
+def test_obf_boundaries_match_published_values():
+    # gsDesign sfLDOF / rpact asOF, two-sided alpha 0.05, five equal looks
+    assert z_boundaries([0.2, 0.4, 0.6, 0.8, 1.0], 0.05) == pytest.approx(
+        [4.8769, 3.3569, 2.6803, 2.2898, 2.0310], abs=2e-4)
+    assert z_boundaries([1.0], 0.05) == pytest.approx([1.95996], abs=1e-5)
+
+
+def test_obf_boundaries_spend_alpha_on_brownian_motion():
+    rng = np.random.default_rng(0)
+    t = np.array([0.25, 0.5, 0.6, 1.0])
+    c = z_boundaries(t, 0.05)
+    s = np.cumsum(rng.standard_normal((200_000, 4)) * np.sqrt(np.diff(t, prepend=0)), axis=1)
+    crossed = (np.abs(s / np.sqrt(t)) >= c).any(axis=1).mean()
+    assert crossed == pytest.approx(0.05, abs=3 * math.sqrt(0.05 * 0.95 / 200_000))
+
+
+def test_design_looks_and_boundary_at_an_unplanned_analysis():
+    d = Design(round=10, max_seeds=25)
+    assert d.looks() == (10, 20, 25) and d.looks_until(15) == (10, 15) and d.looks_until(25) == (10, 20, 25)
+    assert d.z_boundary(25, 1) == pytest.approx(z_boundaries([0.4, 0.8, 1.0], 0.05)[-1])
+    assert d.z_boundary(25, 3) > d.z_boundary(25, 1) > fixed_z(0.05, 1)
+
+
+def test_stats_and_sequential_import_neither_pandas_nor_mlflow():
+    for module in (sequential, __import__("ffnn.report.stats", fromlist=["x"])):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not imported & {"pandas", "mlflow"}
