@@ -199,7 +199,6 @@ def print_table(rows, cfg) -> None:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare
     from .config import build_compare_config, read_toml
 
     file_values = read_toml(args.config) if (args.config != DEFAULT_CONFIG or Path(args.config).exists()) else {}
@@ -208,17 +207,8 @@ def cmd_compare(args) -> int:
                  "experiment": args.experiment, "workers": args.workers, "stack_size": args.stack_size,
                  "divergence_threshold": args.divergence_threshold, "divergence_window": args.divergence_window}
     cfg = build_compare_config(file_values, overrides)
-    ctx = build_context(cfg.dataset, cfg.device, args)
-    if args.until_decided:
-        from .report import Design
-        from .until_decided import until_decided
-        res = until_decided(cfg, Design(margin=args.margin, round=args.round, max_seeds=args.max_seeds), ctx,
-                            _progress([]), lambda msg: print(msg, file=sys.stderr, flush=True))
-        rows, cfg = res.rows, replace(cfg, seeds=res.seeds)
-        print(f"\n--until-decided: {res.seeds} seeds per model; the {res.family} family is "
-              f"{'decided' if res.decided else f'not decided at --max-seeds {args.max_seeds}'}")
-    else:
-        rows, _ = compare(cfg, ctx, _progress([]))
+    with build_context(cfg.dataset, cfg.device, args) as ctx:
+        rows, cfg = _train_comparison(cfg, ctx, args)
     print_table(rows, cfg)
     print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {ctx.tracker.uri}  (make ui to browse)")
     if args.register:
@@ -226,6 +216,25 @@ def cmd_compare(args) -> int:
     if not args.no_report:
         report_after(cfg.experiment, ctx.tracker.uri)
     return exit_status(rows)
+
+
+def _train_comparison(cfg, ctx, args):
+    """Train (in rounds with --until-decided). The training processes start first, so that they load torch
+    and the data while this process imports MLflow and opens the store."""
+    from .engine import worker_count
+    from .jobs import run_stack
+    ctx.engine(run_stack, worker_count(cfg.workers, ctx.device, len(cfg.models) * cfg.seeds))
+    if args.until_decided:
+        from .report import Design
+        from .until_decided import until_decided
+        res = until_decided(cfg, Design(margin=args.margin, round=args.round, max_seeds=args.max_seeds), ctx,
+                            _progress([]), lambda msg: print(msg, file=sys.stderr, flush=True))
+        print(f"\n--until-decided: {res.seeds} seeds per model; the {res.family} family is "
+              f"{'decided' if res.decided else f'not decided at --max-seeds {args.max_seeds}'}")
+        return res.rows, replace(cfg, seeds=res.seeds)
+    from .compare import compare
+    rows, _ = compare(cfg, ctx, _progress([]))
+    return rows, cfg
 
 
 def exit_status(rows) -> int:
@@ -335,9 +344,8 @@ def cmd_tune(args) -> int:
     cfg = build_tune_config(read_toml(args.config), overrides)
     if args.register and not cfg.final:
         raise UserError("--register registers the models that --final retrains; pass --final too")
-    ctx = build_context(cfg.dataset, cfg.device, args)
-    res = tune(cfg, ctx,
-               lambda msg: print(msg, file=sys.stderr, flush=True), _progress([]))
+    with build_context(cfg.dataset, cfg.device, args) as ctx:
+        res = tune(cfg, ctx, lambda msg: print(msg, file=sys.stderr, flush=True), _progress([]))
     print_tune(res, cfg)
     if res.final:
         print(f"\n{'model':<6} {'spec':<28} {'runs':>5} {'final test acc (%)':>20}")

@@ -16,7 +16,6 @@ import math
 import random
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -25,8 +24,8 @@ import torch
 
 from .config import CompareConfig, validate_train
 from .context import Context
-from .data import load, read_idx
-from .engine import Engine, worker_count
+from .data import read_idx
+from .engine import worker_count
 from .errors import Interrupted, deferred_interrupts, ignore_interrupts
 from .jobs import Job, JobResult, StackJob, run_stack
 from .models import build_model, count_params
@@ -146,8 +145,7 @@ class _Comparison:
         engine = None
         start, store_before = time.perf_counter(), self.tracker.store_seconds
         try:
-            engine = Engine(workers, partial(load, ctx.dataset, ctx.data_dir, device=str(ctx.device), verify=False),
-                            run_stack)
+            engine = ctx.engine(run_stack, workers)
 
             def next_job() -> StackJob | None:
                 while queue:
@@ -174,7 +172,6 @@ class _Comparison:
                     self.tracker.end_run(run_id, status)
                 self.tracker.end_run(self.parent, status)
             raise
-        engine.close()
         wall = time.perf_counter() - start
         self.tracker.log_values(self.parent, {"wall_seconds": wall,
                                               "tracking_seconds": self.tracker.store_seconds - store_before,

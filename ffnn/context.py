@@ -1,16 +1,25 @@
-"""What a command works on, built once by the CLI and passed down: verified data, the tracker, the device."""
+"""What a command works on, built once by the CLI and passed down: verified data, the tracker, the device
+and its training processes.
+
+Building a context imports no MLflow: the CLI can start the training processes (``engine``) first, so
+that they import torch and load the data while this process imports MLflow and opens the store.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from . import data as data_mod
-from .tracking import Tracker
+from .engine import Engine, Work
 from .train import device_name, resolve_device
+
+if TYPE_CHECKING:
+    from .tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,7 @@ class Context:
     n_test: int  # test examples in the files
     device: torch.device
     tracking_uri: str | None  # None: MLFLOW_TRACKING_URI or the project's SQLite store
+    engines: dict[Work, Engine] = field(default_factory=dict, compare=False, repr=False)  # by the work they run
 
     @classmethod
     def build(cls, dataset: str, data_dir: str, data_source: str | None, device: str,
@@ -36,6 +46,7 @@ class Context:
     @cached_property
     def tracker(self) -> Tracker:
         """Opened when a command first needs it: after its input is validated, so bad input creates no store."""
+        from .tracking import Tracker
         return Tracker.open(self.tracking_uri)
 
     @property
@@ -46,3 +57,22 @@ class Context:
         """The whole dataset as tensors on the device (in whichever process calls it)."""
         return data_mod.load(self.dataset, self.data_dir, device=self.device, verify=False)
 
+    def engine(self, work: Work, workers: int, setup: Callable[[], Any] | None = None) -> Engine:
+        """The training processes that run ``work``, started on first use and kept until ``close``
+        (``setup`` defaults to loading the whole dataset on the device)."""
+        if work not in self.engines or not self.engines[work].alive:
+            setup = setup or partial(data_mod.load, self.dataset, self.data_dir, device=str(self.device),
+                                     verify=False)
+            self.engines[work] = Engine(workers, setup, work)
+        return self.engines[work]
+
+    def close(self, graceful: bool = True) -> None:
+        """Stop the training processes."""
+        while self.engines:
+            self.engines.popitem()[1].close(graceful)
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(graceful=exc_type is None)

@@ -85,7 +85,8 @@ class Engine:
         self.conns: list[Connection] = []
         self.procs: dict[Connection, multiprocessing.Process] = {}
         self.context: Any = None
-        if workers <= 1:
+        self.local = workers <= 1
+        if self.local:
             import torch
             torch.set_num_threads(TRAIN_THREADS)
             self.context = setup()
@@ -103,6 +104,11 @@ class Engine:
     @property
     def workers(self) -> int:
         return max(1, len(self.procs))
+
+    @property
+    def alive(self) -> bool:
+        """Running in this process, or with at least one worker process left."""
+        return self.local or bool(self.procs)
 
     def run(self, next_job: Callable[[], Any | None], on_done: Callable[[Any, Any], None],
             on_failed: Callable[[Any, str], None], on_ask: Callable[[Any, Any], Any] | None = None) -> None:
@@ -178,6 +184,7 @@ class Engine:
                 proc.join()
         self.procs.clear()
         self.conns.clear()
+        self.local = False
 
     def __enter__(self) -> "Engine":
         return self

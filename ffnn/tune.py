@@ -446,8 +446,8 @@ def tune(cfg: TuneConfig, ctx: Context, progress: Callable[[str], None] | None =
         if cfg.n_trials:
             say(f"{workers} training process{'es' if workers > 1 else ''} on {ctx.device_name}; "
                 f"validation: {cfg.val_size} of {ctx.n_train} training images; storage {result.storage}")
-            engine = Engine(workers, partial(load_split, ctx.dataset, ctx.data_dir, str(ctx.device), cfg.val_size,
-                                             cfg.split_seed), trial_work)
+            engine = ctx.engine(trial_work, workers, partial(load_split, ctx.dataset, ctx.data_dir, str(ctx.device),
+                                                             cfg.val_size, cfg.split_seed))
         for model in cfg.models:
             result.studies.append(_run_study(cfg, model, storage, ctx, exp_id, engine, say))
         graceful = True
