@@ -17,6 +17,7 @@ refuses to run as root, so as root it runs as the ``postgres`` system user.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -36,6 +37,7 @@ from pathlib import Path
 from .errors import UserError
 
 PG_BIN = Path(os.environ.get("FFNN_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_HOME = Path("/var/lib/postgresql/ffnn")  # as root, for folders the postgres user cannot reach
 USER = "ffnn"  # PostgreSQL role and MLflow user (the auth app's admin)
 DATABASES = ("mlflow", "optuna", "mlflow_auth")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -77,6 +79,8 @@ class Cluster:
         self.dir = self.root / "cluster"
         self.pgdata = self.dir / "pg"
         self.pgrun = self.dir / "pg-run"  # socket and server log, owned by whoever runs postgres
+        if self._elsewhere().exists():  # an earlier start found this folder out of the postgres user's reach
+            self.pgdata, self.pgrun = self._elsewhere() / "pg", self._elsewhere() / "pg-run"
         self.artifacts = self.dir / "artifacts"
         self.env_file = self.root / "cluster.env"
         self.state_file = self.dir / "state.json"
@@ -142,8 +146,24 @@ class Cluster:
                 shutil.chown(d, user, user)
             os.chmod(d, 0o700)
         if user and self._as_pg(["test", "-w", str(folders[-1])]).returncode != 0:
-            raise ClusterError(f"user postgres cannot reach {folders[-1]} (PostgreSQL refuses to run as root): "
-                               f"make the folders above it traversable (chmod o+x) or run as an ordinary user")
+            if self.pgdata != self.dir / "pg":
+                raise ClusterError(f"user postgres cannot reach {folders[-1]} (PostgreSQL refuses to run as root)")
+            # e.g. a checkout under /root: the data go to the postgres user's home, keyed by this folder,
+            # with a link where they would be
+            home = self._elsewhere()
+            home.mkdir(parents=True, exist_ok=True)
+            shutil.chown(home, user, user)
+            self.pgdata, self.pgrun = home / "pg", home / "pg-run"
+            for link, target in ((self.dir / "pg", self.pgdata), (self.dir / "pg-run", self.pgrun)):
+                if link.is_dir() and not link.is_symlink():
+                    link.rmdir()
+                if not link.exists():
+                    link.symlink_to(target)
+            self._give_to_pg(*[self.pgdata if d == self.dir / "pg" else self.pgrun for d in folders])
+
+    def _elsewhere(self) -> Path:
+        """Where the PostgreSQL data of this folder live when the postgres user cannot reach it."""
+        return PG_HOME / hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
 
     def _pg_ctl(self, *args: str) -> subprocess.CompletedProcess:
         return self._as_pg([str(PG_BIN / "pg_ctl"), "-D", str(self.pgdata), *args])
