@@ -101,6 +101,8 @@ for _name in ("alembic", "mlflow"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 # it warns at every model that pickled models run code when loaded (README: load models from stores you trust)
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+# the system-metrics sampler is a background thread: a lost server is reported once, by the command
+logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
 
 
 class TrackingError(UserError):
