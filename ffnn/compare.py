@@ -29,7 +29,7 @@ from .engine import worker_count
 from .errors import Interrupted, deferred_interrupts, ignore_interrupts
 from .jobs import Job, JobResult, StackJob, run_stack
 from .models import build_model, count_params
-from .tracking import TAG_KEY, TAG_KIND, Tracker, TrackingError, heartbeat_interval, run_key
+from .tracking import TAG_FAILURE, TAG_FAILURE_STEP, TAG_KEY, TAG_KIND, Tracker, TrackingError, heartbeat_interval, run_key
 from .train import DivergenceRule
 
 CPU_MAX_STACK = 50  # seeds per stack on the CPU; more buys nothing there (the matmuls are at peak)
@@ -168,7 +168,7 @@ class _Comparison:
                     engine.close(graceful=False)
                 reason = f"interrupted ({e or 'SIGINT'})" if status == "KILLED" else "comparison crashed"
                 for run_id, params in list(self.open_runs.items()):
-                    self.tracker.log_run(run_id, {}, {}, 0, {"ffnn.failure": reason}, params)
+                    self.tracker.log_run(run_id, {}, {}, 0, {TAG_FAILURE: reason}, params)
                     self.tracker.end_run(run_id, status)
                 self.tracker.end_run(self.parent, status)
             raise
@@ -255,9 +255,9 @@ def _record(tracker: Tracker, run_id: str, r: JobResult, params: dict, example: 
                                          "stack_seconds": r.stack_seconds}, r.job.cfg.iters, tags, params)
         tracker.end_run(run_id, "FINISHED")
     else:
-        tags["ffnn.failure"] = r.error.splitlines()[0][:500]
+        tags[TAG_FAILURE] = r.error.splitlines()[0][:500]
         if r.failed_step is not None:
-            tags["ffnn.failure_step"] = str(r.failed_step)
+            tags[TAG_FAILURE_STEP] = str(r.failed_step)
         tracker.log_run(run_id, series, {}, 0, tags, params)
         tracker.end_run(run_id, "FAILED")
 
@@ -290,7 +290,7 @@ def _rows(tracker: Tracker, exp_id: str, jobs: list[Job], dataset: str) -> list[
             continue
         j = wanted[key]
         row = RunRow(j.model, j.cfg.seed, r.info.status, r.data.metrics.get("final_test_accuracy", float("nan")),
-                     r.data.metrics.get("train_seconds", float("nan")), r.data.tags.get("ffnn.failure", ""),
+                     r.data.metrics.get("train_seconds", float("nan")), r.data.tags.get(TAG_FAILURE, ""),
                      r.info.run_id)
         if key not in best or (best[key].status != "FINISHED" and row.status == "FINISHED"):
             best[key] = row

@@ -53,10 +53,6 @@ class Context:
     def device_name(self) -> str:
         return device_name(self.device)
 
-    def load(self) -> data_mod.Dataset:
-        """The whole dataset as tensors on the device (in whichever process calls it)."""
-        return data_mod.load(self.dataset, self.data_dir, device=self.device, verify=False)
-
     def engine(self, work: Work, workers: int, setup: Callable[[], Any] | None = None) -> Engine:
         """The training processes that run ``work``, started on first use and kept until ``close``
         (``setup`` defaults to loading the whole dataset on the device)."""

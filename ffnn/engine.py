@@ -102,10 +102,6 @@ class Engine:
             self.procs[mine] = proc
 
     @property
-    def workers(self) -> int:
-        return max(1, len(self.procs))
-
-    @property
     def alive(self) -> bool:
         """Running in this process, or with at least one worker process left."""
         return self.local or bool(self.procs)
@@ -185,9 +181,3 @@ class Engine:
         self.procs.clear()
         self.conns.clear()
         self.local = False
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(graceful=exc_type is None)

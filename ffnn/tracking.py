@@ -595,7 +595,7 @@ class Tracker:
         for r in self.search(experiment_id, "attributes.status = 'RUNNING'"):
             reason = self._death(r, beats)
             if reason:
-                self.end_run(r.info.run_id, "FAILED", {"ffnn.failure": reason})
+                self.end_run(r.info.run_id, "FAILED", {TAG_FAILURE: reason})
                 n += 1
         return n
 

@@ -36,7 +36,7 @@ from .engine import Engine, worker_count
 from .errors import Interrupted, UserError, deferring, ignore_interrupts, install_interrupt_handlers
 from .jobs import LOSS_STRIDE, Outcome, TrialJob, load_split, trial_work, window_means
 from .models import REGISTRY, ModelSpec, count_params
-from .tracking import TAG_KIND, Tracker, heartbeat_grace, heartbeat_interval, owner, pid_alive
+from .tracking import TAG_FAILURE, TAG_KIND, Tracker, heartbeat_grace, heartbeat_interval, owner, pid_alive
 from .train import EvalPoint, TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,7 +133,7 @@ class StaleTrials:
             return
         reason = (f"owner {trial.user_attrs.get('owner', '?')} stopped: no heartbeat within "
                   f"{heartbeat_grace():g} s; retried as a new trial")
-        tags = {TAG_STATE: "FAIL", "ffnn.failure": reason}
+        tags = {TAG_STATE: "FAIL", TAG_FAILURE: reason}
         run_id = _trial_run(self.tracker, self.exp_id, study, trial.number)
         if run_id is None:
             model = next((m for m in self.cfg.families if self.cfg.name_of(m) == study.study_name), "")
@@ -375,7 +375,7 @@ class _Study:
             tags["ffnn.pruned"] = outcome.reason
             r.trial.set_user_attr("pruned", outcome.reason)
         elif outcome.reason:
-            tags["ffnn.failure"] = outcome.reason
+            tags[TAG_FAILURE] = outcome.reason
             r.trial.set_user_attr("failure", outcome.reason)
         self.tracker.log_values(r.run_id, {"train_seconds": outcome.seconds}, step=outcome.step)
         if outcome.state == "COMPLETE":
@@ -399,7 +399,7 @@ class _Study:
         for number, r in list(self.running.items()):
             r.trial.set_user_attr("failure", reason)
             self.study.tell(r.trial, state=TrialState.FAIL, skip_if_finished=True)
-            self.tracker.end_run(r.run_id, status, {TAG_STATE: "FAIL", "ffnn.failure": reason})
+            self.tracker.end_run(r.run_id, status, {TAG_STATE: "FAIL", TAG_FAILURE: reason})
             self.heartbeat.discard(r.trial)
             del self.running[number]
 
