@@ -39,14 +39,14 @@ def main() -> None:
         among = run(gpu, model, list(range(64)), 300, 100).seeds[3]
         print(f"{model}: on CUDA, seed 3 alone vs in a stack of 64: identical losses {alone.losses == among.losses}, "
               f"max |diff| {max(abs(a - b) for (_, a), (_, b) in zip(alone.losses, among.losses)):.2e}")
-    for seeds in (100, 1000):
+    for model, seeds in (("A", 5), ("E", 5), ("C", 100), ("C", 250), ("C", 1000), ("E", 1000)):
         for graph in (False, True):
-            run(gpu, "C", list(range(seeds)), 50, 50, use_graph=graph)  # warm-up: kernels, allocator
+            run(gpu, model, list(range(seeds)), 50, 50, use_graph=graph)  # warm-up: kernels, allocator
             torch.cuda.synchronize()
             start = time.perf_counter()
-            res = run(gpu, "C", list(range(seeds)), 3000, 500, use_graph=graph)
+            res = run(gpu, model, list(range(seeds)), 3000, 500, use_graph=graph)
             seconds = time.perf_counter() - start
-            print(f"C x {seeds} seeds, 3000 steps, {'graph' if res.graph else 'eager'}: {seconds:.2f} s "
+            print(f"{model} x {seeds} seeds, 3000 steps, {'graph' if res.graph else 'eager'}: {seconds:.2f} s "
                   f"({1000 * seconds / seeds:.1f} ms per seed), mean accuracy "
                   f"{sum(s.accuracy for s in res.seeds) / seeds:.2f}%")
 
