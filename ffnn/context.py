@@ -59,7 +59,9 @@ class Context:
         if work not in self.engines or not self.engines[work].alive:
             setup = setup or partial(data_mod.load, self.dataset, self.data_dir, device=str(self.device),
                                      verify=False)
-            self.engines[work] = Engine(workers, setup, work)
+            # on a GPU the one training process is a child too: it trains the next stack while this
+            # process writes the last one to MLflow
+            self.engines[work] = Engine(workers, setup, work, spawn=self.device.type == "cuda")
         return self.engines[work]
 
     def close(self, graceful: bool = True) -> None:

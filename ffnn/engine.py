@@ -7,7 +7,9 @@ dies with its parent (``PR_SET_PDEATHSIG``: a kill -9 of ``ffnn`` leaves no
 worker behind), calls ``setup()`` once (loading the data), then runs each job
 it is sent as ``work(context, job, ask)``. ``ask(payload)`` sends a question to
 the parent and returns its answer: tune asks whether to prune at each
-evaluation. With one worker, or on CUDA, the jobs run in this process instead.
+evaluation. With one worker on the CPU the jobs run in this process instead; on
+CUDA the one worker is a process, so that the parent records a stack's results
+while the next stack trains.
 
 The parent alone talks to MLflow and Optuna: it hands out jobs
 (``next_job``), answers questions (``on_ask``) and records results
@@ -78,14 +80,17 @@ def worker_count(requested: int | None, device: "torch.device", n_jobs: int) -> 
 
 
 class Engine:
-    """``workers`` training processes, or this process when ``workers`` is 1."""
+    """``workers`` training processes, or this process when ``workers`` is 1 and ``spawn`` is false.
 
-    def __init__(self, workers: int, setup: Callable[[], Any], work: Work):
+    ``spawn``: use a process even for one worker, so that this process records results meanwhile (on a
+    GPU, one process trains while this one writes to MLflow)."""
+
+    def __init__(self, workers: int, setup: Callable[[], Any], work: Work, spawn: bool = False):
         self.work = work
         self.conns: list[Connection] = []
         self.procs: dict[Connection, multiprocessing.Process] = {}
         self.context: Any = None
-        self.local = workers <= 1
+        self.local = workers <= 1 and not spawn
         if self.local:
             import torch
             torch.set_num_threads(TRAIN_THREADS)

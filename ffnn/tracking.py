@@ -320,6 +320,26 @@ class _ModelTemplate:
     meta: dict[str, Any]
 
 
+def _save_template(model: "torch.nn.Module", input_example: "np.ndarray") -> _ModelTemplate:
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import Model, infer_signature
+
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(input_example)).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_PATH
+        # "pickle": loads back as the nn.Sequential itself (a "pt2" export is a graph that refuses .eval())
+        mlflow.pytorch.save_model(model, path, signature=infer_signature(input_example, output),
+                                  input_example=input_example, pip_requirements=model_requirements(),
+                                  serialization_format="pickle")
+        own = {"MLmodel", "data/model.pth"}
+        files = {name: f.read_bytes() for f in sorted(path.rglob("*"))
+                 if f.is_file() and (name := f.relative_to(path).as_posix()) not in own}
+        return _ModelTemplate(files, Model.load(path).to_dict())
+
+
 @_writes_finish_before_interrupts
 @dataclass
 class Tracker:
@@ -332,6 +352,7 @@ class Tracker:
     _heartbeat: _Heartbeat | None = None
     _gone: str | None = None  # why the server is lost, once it is
     _model_templates: dict[tuple, "_ModelTemplate"] = field(default_factory=dict, repr=False)
+    _template_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, uri: str | None = None) -> "Tracker":
@@ -525,27 +546,21 @@ class Tracker:
         meta.run_id, meta.artifact_path = run_id, MODEL_PATH
         return {MLFLOW_LOGGED_MODELS: json.dumps([meta.get_tags_dict()])}
 
+    def prepare_model_template(self, model: "torch.nn.Module", input_example: "np.ndarray") -> None:
+        """Start making ``log_torch_model``'s template for models like ``model`` in a thread: the first
+        ``save_model`` of a process takes seconds (MLflow checks the pinned requirements against every
+        installed package), which can pass while the first stack trains."""
+        threading.Thread(target=self._model_template, args=(model, input_example), daemon=True,
+                         name="ffnn-model-template").start()
+
     def _model_template(self, model: "torch.nn.Module", input_example: "np.ndarray") -> "_ModelTemplate":
         """What every saved model with this output shape shares, from one ``mlflow.pytorch.save_model``."""
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import Model, infer_signature
-
         out_shape = tuple(list(model.parameters())[-1].shape)  # ffnn's nets end in a Linear: its bias
         key = (out_shape, input_example.shape, hashlib.sha256(input_example.tobytes()).hexdigest())
-        if key not in self._model_templates:
-            with torch.no_grad():
-                output = model(torch.from_numpy(input_example)).numpy()
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / MODEL_PATH
-                # "pickle": loads back as the nn.Sequential itself (a "pt2" export is a graph that refuses .eval())
-                mlflow.pytorch.save_model(model, path, signature=infer_signature(input_example, output),
-                                          input_example=input_example, pip_requirements=model_requirements(),
-                                          serialization_format="pickle")
-                files = {f.relative_to(path).as_posix(): f.read_bytes() for f in sorted(path.rglob("*"))
-                         if f.is_file() and f.name != "MLmodel" and f.relative_to(path).as_posix() != "data/model.pth"}
-                self._model_templates[key] = _ModelTemplate(files, Model.load(path).to_dict())
-        return self._model_templates[key]
+        with self._template_lock:  # one being made in prepare_model_template's thread is waited for
+            if key not in self._model_templates:
+                self._model_templates[key] = _save_template(model, input_example)
+            return self._model_templates[key]
 
     def register_model(self, name: str, run_id: str, alias: str = BEST_ALIAS, description: str = "") -> int:
         """Register the run's ``model/`` as a new version of ``name`` and point ``alias`` at it; returns the version.

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
@@ -61,11 +62,23 @@ def test_registered_best_seed_reproduces_its_logged_test_accuracy(tiny, tmp_path
 
 
 def test_every_finished_run_logs_a_model_with_signature_and_example(tiny, tmp_path):
+    """Each run's own network: the models after a process's first reuse its saved files but not its weights."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    assert cli.main(compare_argv(tmp_path, "--models", "LR,C", "--seeds", "1")) == 0
+    assert cli.main(compare_argv(tmp_path, "--models", "LR,C", "--seeds", "2")) == 0
     runs = finished_children(uri)
-    assert len(runs) == 2
+    assert len(runs) == 4
     mlflow.set_tracking_uri(uri)
+    ds = data.load(tiny, tmp_path / "data")
+    uuids = set()
+    for run in runs:
+        info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+        uuids.add(info.model_uuid)
+        folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / run.info.run_id))
+        assert mlflow.models.Model.load(folder).model_size_bytes == sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()
+                                            and f.name != "MLmodel")  # as save_model counts: before MLmodel
+        assert evaluate(mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model"), ds.x_test, ds.y_test) == \
+            pytest.approx(run.data.metrics["final_test_accuracy"], abs=0.01)
+    assert len(uuids) == 4
     for run in runs:
         info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
         assert "pytorch" in info.flavors and info.signature is not None

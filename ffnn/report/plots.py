@@ -17,7 +17,7 @@ from .runs import Selection
 PLOTS = {"accuracy_curves.png": "Test accuracy vs iteration (mean over seeds, 95% band)",
          "train_loss.png": "Train loss vs iteration (smoothed, mean over seeds, 95% band)",
          "final_accuracy.png": "Final test accuracy per seed, with mean and 95% CI"}
-LOSS_SMOOTHING = 20  # logged train_loss points (10 steps each) per rolling mean: 200 steps
+LOSS_SMOOTHING = 200  # steps per rolling mean of the logged train_loss points
 
 
 def histories(tracker: Tracker, kept: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -89,14 +89,17 @@ def render_plots(sel: Selection, curves: dict[str, pd.DataFrame], summary: pd.Da
         mine = loss[loss["model"] == m].sort_values(["seed", "step"])
         if mine.empty:
             continue
+        mine = mine.sort_values(["seed", "step"])
+        spacing = mine.groupby("seed")["step"].diff().median()  # steps per logged point (50; 10 in older runs)
+        window = max(1, round(LOSS_SMOOTHING / spacing)) if spacing > 0 else 1
         mine = mine.assign(value=mine.groupby("seed")["value"].transform(
-            lambda v: v.rolling(LOSS_SMOOTHING, min_periods=1).mean()))
+            lambda v: v.rolling(window, min_periods=1).mean()))
         b = band(mine, confidence)
         ax.plot(b["step"], b["mean"], color=colors[m], label=label[m], lw=1.5)
         ax.fill_between(b["step"], b["low"], b["high"], color=colors[m], alpha=0.2, lw=0)
     ax.set_yscale("log")
     ax.set(xlabel="iteration (optimizer step)", ylabel="train loss (cross-entropy, log scale)",
-           title=f"Train loss, rolling mean over {LOSS_SMOOTHING * 10} steps: mean over seeds, {pct} band")
+           title=f"Train loss, rolling mean over {LOSS_SMOOTHING} steps: mean over seeds, {pct} band")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper right", fontsize=9)
     figs["train_loss.png"] = _png(fig)
