@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU figures (issue 9), run on the device machine from the project root with the wheels (.whl) and the
 # MNIST files (.devdata) carried along, as ../shared/device/README.md says. Logs go to $OUT (or /tmp).
+# PROFILE=1 adds a cProfile of one default compare (to $OUT/compare-cuda.prof); CHECK=0 skips gpu_check.py.
 set -u
 out=${OUT:-/tmp}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
@@ -30,7 +31,13 @@ uri=sqlite:///$db
 timed cuda-fresh-store 150 python3 -m ffnn compare --device cuda --tracking-uri $uri --experiment cuda-fresh-store --no-report
 timed cuda 150 python3 -m ffnn compare --device cuda --tracking-uri $uri --experiment cuda --no-report
 timed cpu 200 python3 -m ffnn compare --device cpu --tracking-uri $uri --experiment cpu --no-report
+if [ "${PROFILE:-0}" = 1 ]; then
+    python3 -X importtime -m cProfile -o "$out/compare-cuda.prof" -m ffnn compare --device cuda --tracking-uri $uri \
+        --experiment cuda-profiled --no-report > "$out/cuda-profiled.log" 2> "$out/importtime.log"
+    python3 -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('cumulative').print_stats(40)" \
+        "$out/compare-cuda.prof" | grep -v '^$' | cut -c1-150 | tail -42
+fi
 timed c-1000 240 python3 -m ffnn compare --device cuda --models C --seeds 1000 --tracking-uri $uri --experiment c-1000 --no-report
 timed e-lr-100 60 python3 -m ffnn compare --device cuda --models E --seeds 3 --lr 100 --tracking-uri $uri --experiment e-lr-100 --no-report
 grep -h "E seed" "$out/e-lr-100.log" | head -3
-timeout 200 python3 benchmarks/gpu_check.py 2>&1 | tee "$out/gpu_check.log"
+[ "${CHECK:-1}" = 0 ] || timeout 200 python3 benchmarks/gpu_check.py 2>&1 | tee "$out/gpu_check.log"
