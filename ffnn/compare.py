@@ -118,7 +118,10 @@ class _Comparison:
         self.open_runs: dict[str, dict] = {}  # run id -> its params (logged when it ends), created and not yet ended
         self.run_ids: dict[tuple[str, int], str] = {}  # (model, seed) -> run id, for the stacks in flight
         self.others: dict[str, Job] = {}  # run key -> job another process holds: trained if that process dies
-        self.common_tags = {"ffnn.device_name": ctx.device_name, "ffnn.torch_version": torch.__version__,
+        # the device's name comes with the results, from the process that trained them: asking for a GPU's
+        # name here would set up CUDA in this process, which only writes to MLflow (seconds, and GPU memory)
+        self.device_names: set[str] = set()
+        self.common_tags = {"ffnn.torch_version": torch.__version__,
                             "ffnn.dataset_sha256": ctx.dataset.digest,
                             # cuBLAS may pick other kernels for other stack sizes; the CPU path does not
                             "ffnn.stack_independent": str(ctx.device.type == "cpu").lower()}
@@ -178,7 +181,8 @@ class _Comparison:
         self.tracker.log_values(self.parent, {"wall_seconds": wall,
                                               "tracking_seconds": self.tracker.store_seconds - store_before,
                                               "runs_trained": len(todo)})
-        self.tracker.end_run(self.parent, status)
+        self.tracker.end_run(self.parent, status, tags={"ffnn.device_name": ", ".join(sorted(self.device_names))}
+                             if self.device_names else None)
 
     def _launch(self, stack: StackJob) -> StackJob | None:
         """Create and claim a run per seed, as one step that an interrupt cannot split; keep the seeds won."""
@@ -237,6 +241,8 @@ class _Comparison:
                 self.tracker.log_dataset(run_id, self.cfg.dataset, self.ctx.dataset.digest,
                                          str(self.ctx.folder.resolve()), self.ctx.n_train, self.ctx.n_test)
                 _record(self.tracker, run_id, r, self.open_runs.pop(run_id), self.example)
+            if r.device_name:
+                self.device_names.add(r.device_name)
             self.say(f"{r.job.model} seed={r.job.cfg.seed}", r)
 
     def _crashed(self, stack: StackJob, error: str) -> None:
@@ -248,6 +254,8 @@ class _Comparison:
 def _record(tracker: Tracker, run_id: str, r: JobResult, params: dict, example: np.ndarray) -> None:
     """A seed's params, metrics, tags, network and end, in as few store writes as MLflow allows."""
     tags = {"ffnn.engine": r.engine, "ffnn.stack_size": str(r.stack_size)} if r.engine else {}
+    if r.device_name:
+        tags["ffnn.device_name"] = r.device_name
     series = {"train_loss": r.losses, "test_accuracy": r.history}
     if r.error is None:
         model = build_model(r.job.spec)

@@ -20,7 +20,7 @@ from .data import Dataset
 from .errors import Interrupted
 from .models import ModelSpec, count_params
 from .stacked import train_stacked
-from .train import DivergenceRule, Diverged, EvalPoint, TrainConfig, train
+from .train import DivergenceRule, Diverged, EvalPoint, TrainConfig, device_name, train
 
 LOSS_STRIDE = 50  # train_loss is logged as the mean of each 50 optimizer steps, at the 50th (60 points a
 # 3000-step run: a third of the time MLflow's store takes per run at 10 steps, and a curve as smooth)
@@ -67,6 +67,7 @@ class JobResult:
     engine: str = ""  # how it trained, e.g. "stacked-cpu"
     stack_size: int = 1
     stack_seconds: float = 0.0  # the whole stack's wall time
+    device_name: str = ""  # what trained it, as the training process saw it
 
 
 def run_stack(ds: Dataset, stack: StackJob, ask: Callable | None = None) -> list[JobResult]:
@@ -87,7 +88,7 @@ def run_stack(ds: Dataset, stack: StackJob, ask: Callable | None = None) -> list
             weights = buf.getvalue()
         out.append(JobResult(stack.job(r.seed), start, end, r.accuracy, res.seconds / len(stack.seeds), r.history,
                              window_means(r.losses, LOSS_STRIDE), weights, r.failure, r.failed_step, engine,
-                             len(stack.seeds), res.seconds))
+                             len(stack.seeds), res.seconds, device_name(ds.x_train.device)))
     return out
 
 

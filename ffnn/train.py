@@ -7,6 +7,7 @@ seeded permutation each epoch (KellerJordan/airbench's data path).
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import time
@@ -87,8 +88,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.cache
 def device_name(device: torch.device) -> str:
-    """The GPU's name or the CPU's model name, for the record."""
+    """The GPU's name or the CPU's model name, for the record (a GPU's initialises CUDA in this process)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:

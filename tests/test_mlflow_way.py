@@ -218,3 +218,21 @@ def test_compare_subprocess_exit_status_is_1_for_a_failed_run(tiny, tmp_path):
     out = subprocess.run(cli_command(tiny, *compare_argv(tmp_path, "--models", "E", "--seeds", "1", "--lr", "10000")),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stderr[-2000:]
+
+
+def test_saving_a_model_does_not_import_pytorch_lightning(tmp_path):
+    """mlflow.pytorch imports Lightning when it is installed (seconds, with torchmetrics and transformers);
+    ffnn's model logging keeps it out, and Lightning still imports afterwards."""
+    fake = tmp_path / "site" / "pytorch_lightning"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import os\nopen(os.environ['MARK'], 'a').write('imported\\n')\n")
+    code = ("import sys, numpy as np\n"
+            "from ffnn.models import REGISTRY, build_model\n"
+            "from ffnn.tracking import _mlflow_pytorch, _save_template\n"
+            "_save_template(build_model(REGISTRY['C']), np.zeros((2, 784), np.float32))\n"
+            "assert 'mlflow.pytorch' in sys.modules and 'pytorch_lightning' not in sys.modules\n"
+            "import pytorch_lightning\n")
+    mark = tmp_path / "mark"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.getcwd()]), "MARK": str(mark)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert mark.read_text() == "imported\n"  # once: by the script's own import at the end
