@@ -20,7 +20,13 @@ DEFAULT_CONFIG = "experiments/compare.toml"
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows an option's default, except where it is None or False: those options say in their help
+    what happens without them (e.g. "default: the file's, 5"), and "(default: None)" would contradict it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
