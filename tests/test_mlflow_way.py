@@ -220,9 +220,10 @@ def test_compare_subprocess_exit_status_is_1_for_a_failed_run(tiny, tmp_path):
     assert out.returncode == 1, out.stderr[-2000:]
 
 
-def test_saving_a_model_does_not_import_pytorch_lightning(tmp_path):
+def test_saving_a_model_does_not_import_pytorch_lightning_nor_map_every_package(tmp_path):
     """mlflow.pytorch imports Lightning when it is installed (seconds, with torchmetrics and transformers);
-    ffnn's model logging keeps it out, and Lightning still imports afterwards."""
+    ffnn's model logging keeps it out, and Lightning still imports afterwards. Nor does it let MLflow map
+    every installed package to check the pinned requirements (seconds), and the check is back after."""
     fake = tmp_path / "site" / "pytorch_lightning"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("import os\nopen(os.environ['MARK'], 'a').write('imported\\n')\n")
@@ -231,6 +232,10 @@ def test_saving_a_model_does_not_import_pytorch_lightning(tmp_path):
             "from ffnn.tracking import _mlflow_pytorch, _save_template\n"
             "_save_template(build_model(REGISTRY['C']), np.zeros((2, 784), np.float32))\n"
             "assert 'mlflow.pytorch' in sys.modules and 'pytorch_lightning' not in sys.modules\n"
+            "from mlflow.utils import environment, requirements_utils\n"
+            "assert requirements_utils._MODULES_TO_PACKAGES is None\n"
+            "assert environment.warn_dependency_requirement_mismatches is "
+            "requirements_utils.warn_dependency_requirement_mismatches\n"
             "import pytorch_lightning\n")
     mark = tmp_path / "mark"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.getcwd()]), "MARK": str(mark)}
