@@ -47,6 +47,11 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _failure(e: Exception) -> str:
+    """A job's exception as ``on_failed`` gets it: one line naming it, then the last frames."""
+    return f"{type(e).__name__}: {e}".splitlines()[0] + "\n" + traceback.format_exc(limit=3)
+
+
 def _worker(conn: Connection, parent_pid: int, payload: bytes) -> None:
     """A training process. ``payload`` (setup and work, pickled) is opened only once this process is bound
     to its parent: unpickling imports torch, which takes seconds, and a kill -9 may come meanwhile."""
@@ -65,7 +70,7 @@ def _worker(conn: Connection, parent_pid: int, payload: bytes) -> None:
         try:
             conn.send(("done", work(context, job, ask)))
         except Exception as e:  # the job's own failure: reported, the worker goes on
-            conn.send(("error", f"{type(e).__name__}: {e}".splitlines()[0] + "\n" + traceback.format_exc(limit=3)))
+            conn.send(("error", _failure(e)))
 
 
 def worker_count(requested: int | None, device: "torch.device", n_jobs: int) -> int:
@@ -119,7 +124,7 @@ class Engine:
                 try:
                     result = self.work(self.context, job, lambda payload, job=job: on_ask(job, payload))
                 except Exception as e:
-                    on_failed(job, f"{type(e).__name__}: {e}".splitlines()[0] + "\n" + traceback.format_exc(limit=3))
+                    on_failed(job, _failure(e))
                     continue
                 on_done(job, result)
             return

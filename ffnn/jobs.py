@@ -23,7 +23,7 @@ from .stacked import train_stacked
 from .train import DivergenceRule, Diverged, EvalPoint, TrainConfig, device_name, train
 
 LOSS_STRIDE = 50  # train_loss is logged as the mean of each 50 optimizer steps, at the 50th (60 points a
-# 3000-step run: a third of the time MLflow's store takes per run at 10 steps, and a curve as smooth)
+# 3000-step run: half the time of a run's log_batch at 10 steps, and a curve as smooth)
 
 
 # ---------------------------------------------------------------- compare: a stack of seeds
@@ -99,7 +99,6 @@ def window_means(points: list[tuple[int, float]], stride: int) -> list[tuple[int
     """
     return [(chunk[-1][0], sum(v for _, v in chunk) / len(chunk))
             for chunk in (points[i:i + stride] for i in range(0, len(points), stride))]
-
 
 
 # ---------------------------------------------------------------- tune: one trial

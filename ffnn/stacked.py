@@ -3,7 +3,7 @@
 Seed ``s`` starts from exactly the weights that ``train.train`` gives it
 (``models.seeded_model``) and sees exactly its batch order (a CPU generator
 seeded with ``s``, one ``randperm`` per epoch). Layer ``l`` of the stack is a
-``(S, in, out)`` weight and a ``(S, 1, out)`` bias, applied with one
+``(S, out, in)`` weight and a ``(S, out, 1)`` bias, applied with one
 ``baddbmm``; each seed's loss is its own batch mean and the step descends
 their sum, so no value crosses from one seed to another. The learning rate is
 a per-seed vector.
@@ -275,7 +275,7 @@ def train_stacked(
                         r.history.append((step, float(acc[j])))
                     else:
                         r.failed_step = end
-                        r.failure = _reason(why, end, float(losses[end - read - 1, j]), rule)
+                        r.failure = f"diverged: {rule.reason(end, float(losses[end - read - 1, j]))}"
                 read = step
                 if on_eval is not None:
                     on_eval(StackEval(step, [float(a) if alive[j] else math.nan for j, a in enumerate(acc.tolist())]))
@@ -289,11 +289,3 @@ def train_stacked(
             r.accuracy = r.history[-1][1] if r.history else math.nan
             r.state_dict = stack.state_dict(j)
     return StackResult(results, time.perf_counter() - start, graph is not None)
-
-
-def _reason(why: int, step: int, last: float, rule: DivergenceRule) -> str:
-    if why == NONFINITE:
-        return f"diverged: training loss became {last} at iteration {step}"
-    return (f"diverged: training loss stayed above {rule.threshold:.3g} for {rule.window} iterations "
-            f"(at iteration {step}: {last:.4g})")
-

@@ -62,6 +62,13 @@ class DivergenceRule:
     threshold: float = 10 * math.log(10)  # training loss, nats
     window: int = 100  # consecutive optimizer steps above the threshold
 
+    def reason(self, step: int, loss: float) -> str:
+        """Why a run whose loss was ``loss`` at ``step`` diverged (non-finite, or the window's last loss)."""
+        if not math.isfinite(loss):
+            return f"training loss became {loss} at iteration {step}"
+        return (f"training loss stayed above {self.threshold:.3g} for {self.window} iterations "
+                f"(at iteration {step}: {loss:.4g})")
+
 
 class DeviceError(UserError):
     """The requested device is not available."""
@@ -70,8 +77,8 @@ class DeviceError(UserError):
 class Diverged(Exception):
     """The training loss became NaN or infinite, or stayed above the divergence threshold."""
 
-    def __init__(self, step: int, loss: float, losses: list[tuple[int, float]], message: str | None = None):
-        super().__init__(message or f"training loss became {loss} at iteration {step}")
+    def __init__(self, step: int, loss: float, losses: list[tuple[int, float]], rule: "DivergenceRule"):
+        super().__init__(rule.reason(step, loss))
         self.step = step
         self.loss = loss
         self.losses = losses  # the finite losses not yet passed to on_eval
@@ -148,13 +155,11 @@ def train(
 
             value = loss.item()
             if not math.isfinite(value):
-                raise Diverged(step, value, pending)
+                raise Diverged(step, value, pending, rule)
             pending.append((step, value))
             above = above + 1 if value > rule.threshold else 0
             if above >= rule.window:
-                raise Diverged(step, value, pending,
-                               f"training loss stayed above {rule.threshold:.3g} for {rule.window} iterations "
-                               f"(at iteration {step}: {value:.4g})")
+                raise Diverged(step, value, pending, rule)
             if step % cfg.eval_every == 0 or step == cfg.iters:
                 accuracy = evaluate(model, x_eval, y_eval)
                 history.append((step, accuracy))

@@ -157,10 +157,20 @@ def _fail_unowned(study: optuna.Study) -> None:
     """FAIL (and retry) RUNNING trials older than the grace period that no process took up: their process
     died between asking and recording its first heartbeat, so Optuna's heartbeat cannot see them."""
     grace = heartbeat_grace()
+
+    def unowned(t: optuna.trial.FrozenTrial) -> bool:
+        age = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0
+        return t.user_attrs.get("owner_trial") != t.number and age > grace
+
+    _fail_running(study, unowned)
+
+
+def _fail_running(study: optuna.Study, dead: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
+    """FAIL the RUNNING trials that ``dead`` picks, and hand each to the storage's stale-trial callback
+    (``StaleTrials``: retried, its MLflow run ended) as Optuna's own heartbeat check would."""
     on_stale = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        age = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0
-        if t.user_attrs.get("owner_trial") != t.number and age > grace:
+        if dead(t):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             if on_stale is not None:
                 on_stale(study, t)
@@ -258,13 +268,8 @@ def open_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
         k = diff[0] if diff else "config"
         raise ConfigError(f"study {name!r} in {storage_label(cfg.storage)} was created with {k}={have.get(k)!r}, "
                           f"not {wanted.get(k)!r}; use another --study-name, or the same settings to resume")
-    on_stale = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("owner")
-        if owner and not pid_alive(owner):  # its process is gone from this host: no need to wait for the grace
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            if on_stale is not None:
-                on_stale(study, t)
+    # a trial whose process is gone from this host: no need to wait for the grace
+    _fail_running(study, lambda t: bool(t.user_attrs.get("owner")) and not pid_alive(t.user_attrs["owner"]))
     n = len(study.get_trials(deepcopy=False))
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, n),
                              pruner=make_pruner(cfg))
