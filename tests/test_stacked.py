@@ -59,7 +59,7 @@ def test_stacked_starts_from_the_single_run_weights(ds):
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
-@pytest.mark.parametrize("model", ["A", "B", "D"])
+@pytest.mark.parametrize("model", ["LR", "A", "B", "C", "D", "E"])
 def test_a_seed_gives_identical_numbers_whatever_its_stack(ds, model):
     spec = REGISTRY[model]
     alone = stacked(ds, spec, [3]).seeds[0]
@@ -106,3 +106,22 @@ def test_single_run_loop_applies_the_same_divergence_rule(ds):
         train(REGISTRY["C"], TrainConfig(batch_size=BATCH, iters=ITERS, eval_every=EVAL), ds.x_train, ds.y_train,
               ds.x_test, ds.y_test, rule=DivergenceRule(threshold=1.0, window=5))
     assert e.value.step == 5
+
+
+def test_masking_every_step_as_a_cuda_graph_does_changes_nothing(ds, monkeypatch):
+    """On CUDA every step zeroes the frozen seeds' gradients (a graph cannot branch); the CPU only while a
+    seed is frozen. Both give the same numbers, frozen seed included."""
+    from ffnn import stacked as stacked_mod
+    spec = ModelSpec((300, 300), "relu")
+    lazy = stacked(ds, spec, [0, 1, 2], lrs=[0.1, 1e6, 0.1])
+
+    class Always(stacked_mod._Stack):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.always_mask = True
+
+    monkeypatch.setattr(stacked_mod, "_Stack", Always)
+    always = stacked(ds, spec, [0, 1, 2], lrs=[0.1, 1e6, 0.1])
+    assert lazy.seeds[1].failure is not None
+    for a, b in zip(lazy.seeds, always.seeds):
+        assert (a.losses, a.history, a.failure, a.failed_step) == (b.losses, b.history, b.failure, b.failed_step)
