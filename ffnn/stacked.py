@@ -10,12 +10,15 @@ and each layer's update is one fused ``W -= G H^T`` per seed, so no value
 crosses from one seed to another. The learning rate is a per-seed vector.
 
 Losses stay on the device in an ``(iters, S)`` buffer and are read at
-evaluation points only. A seed whose loss is not finite, or stays above the
-divergence threshold for a whole window, is frozen (its update masked out) and
-reported failed with the step and the reason; the other seeds go on. On CUDA
-the whole step (batch gather, forward, per-seed loss, backward, SGD, the
-divergence check) is captured once in a CUDA graph and replayed; the CPU runs
-the same step eagerly.
+evaluation points only. There every new loss is checked against the divergence
+rule: a seed whose loss was not finite, or stayed above the threshold for a
+whole window, is reported failed with the first step that broke the rule and
+the reason, and frozen (its updates masked out) from then on; the other seeds
+go on. Since no value crosses from one seed to another, the steps a seed took
+between its divergence and that check change nothing but its own discarded
+weights. On CUDA the whole step (batch gather, forward, per-seed loss,
+backward, SGD) is captured once in a CUDA graph and replayed; the CPU runs the
+same step eagerly.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from .models import ModelSpec, seeded_model
 from .train import DivergenceRule
 
 _ACT = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
-NONFINITE, ABOVE_THRESHOLD = 1, 2  # why a seed diverged
 CHUNK = 64  # floats: a multiple of every CPU vector loop's step
 
 
@@ -68,7 +70,7 @@ class _Stack:
     """The stacked parameters and the device-side state of one pass."""
 
     def __init__(self, spec: ModelSpec, seeds: Sequence[int], lrs: Sequence[float], iters: int,
-                 rule: DivergenceRule, device: torch.device):
+                 device: torch.device):
         models = [seeded_model(spec, s, "cpu") for s in seeds]
         linears = [[m for m in model if isinstance(m, torch.nn.Linear)] for model in models]
         self.act = _ACT[spec.activation] if spec.hidden else None
@@ -82,13 +84,10 @@ class _Stack:
                        for i in range(len(linears[0]))]  # (S, out, 1)
         S = len(seeds)
         self.lr = torch.tensor(list(lrs), dtype=torch.float32, device=device)  # (S,)
-        self.alive = torch.ones(S, dtype=torch.bool, device=device)
-        self.above = torch.zeros(S, dtype=torch.int32, device=device)  # consecutive steps above the threshold
-        self.died_at = torch.zeros(S, dtype=torch.int64, device=device)
-        self.why = torch.zeros(S, dtype=torch.int8, device=device)
+        self.alive = torch.ones(S, dtype=torch.bool, device=device)  # False: frozen
+        self.all_alive = True  # the host's copy of alive.all(), so that the CPU's step need not ask
         self.losses = torch.zeros(iters, S, dtype=torch.float32, device=device)
         self.t = torch.zeros(1, dtype=torch.int64, device=device)  # steps done
-        self.threshold, self.window = rule.threshold, rule.window
         self.always_mask = device.type == "cuda"
 
     def params(self) -> list[torch.Tensor]:
@@ -150,22 +149,14 @@ class _Stack:
         # seed's block is computed the same whatever precedes it (tested)
         z = hs.pop()
         loss = torch.log_softmax(z, 1).gather(1, y).view(S, B).mean(1).neg_()  # (S,)
-        self.losses.index_copy_(0, self.t, loss[None])
+        self.losses.index_copy_(0, self.t, loss[None])  # in place: a CUDA graph replays on what it captured
         self.t += 1
-        finite = torch.isfinite(loss)
-        # every state update in place: a CUDA graph replays on the tensors it captured
-        self.above.copy_(torch.where(loss > self.threshold, self.above + 1, 0))
-        bad = ~finite | (self.above >= self.window)
-        newly = self.alive & bad
-        self.died_at.copy_(torch.where(newly, self.t, self.died_at))
-        self.why.copy_(torch.where(newly, torch.where(finite, ABOVE_THRESHOLD, NONFINITE), self.why))
-        self.alive &= ~bad
         # d(loss_s)/d(logits) = (softmax - one-hot) / B, times the seed's learning rate
         g = torch.softmax(z, 1).scatter_add_(1, y, torch.full((S, 1, B), -1.0, device=z.device))
         g = g.mul_((self.lr / B).view(S, 1, 1))  # (S, 10, B)
         # A frozen seed's gradients are zeroed at every layer, so its weights stay as they were. On the CPU
         # only while a seed is frozen (the usual case costs nothing); a CUDA graph cannot branch, so always.
-        dead = ~self.alive.view(S, 1, 1) if self.always_mask or not bool(self.alive.all()) else None
+        dead = ~self.alive.view(S, 1, 1) if self.always_mask or not self.all_alive else None
         for i in range(len(self.weights) - 1, -1, -1):
             h, w = hs[i], self.weights[i]
             if dead is not None:
@@ -213,6 +204,25 @@ class _Slice:
     activate = _Stack.activate
 
 
+def first_divergence(losses: torch.Tensor, above: torch.Tensor,
+                     rule: DivergenceRule) -> tuple[torch.Tensor, torch.Tensor]:
+    """The divergence rule applied to a block of losses, as if step by step.
+
+    ``losses``: (k, S), the steps after the last check; ``above``: (S,) how many steps before the
+    block each seed's loss had stayed above the threshold. Returns, per seed, the index in the block
+    of the first step whose loss was not finite or completed ``rule.window`` steps above
+    ``rule.threshold`` (-1 if none), and the count of steps above at the block's end.
+    """
+    k = len(losses)
+    pos = torch.arange(k)[:, None]
+    high = losses > rule.threshold  # NaN is not high: non-finite is its own failure
+    last_low = torch.where(high, -1, pos).cummax(0).values  # the latest step at or before each that was not high
+    run = torch.where(last_low >= 0, pos - last_low, pos + 1 + above)  # steps above, counted to each step
+    bad = ~torch.isfinite(losses) | (run >= rule.window)
+    first = torch.where(bad.any(0), bad.int().argmax(0), -1)
+    return first, run[-1] if k else above
+
+
 def _epoch_orders(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
     """(S, n): each seed's next epoch order, drawn exactly as ``train.train`` draws it."""
     perms = torch.stack([torch.randperm(n, generator=g) for g in generators])
@@ -224,7 +234,7 @@ class _Graph:
 
     def __init__(self, stack: _Stack, x: torch.Tensor, y: torch.Tensor, idx_shape: tuple[int, int]):
         self.idx = torch.zeros(idx_shape, dtype=torch.int64, device=x.device)
-        state = [stack.losses, stack.t, stack.alive, stack.above, stack.died_at, stack.why]
+        state = [stack.losses, stack.t, stack.alive]
         saved = [t.detach().clone() for t in stack.params() + state]
         try:
             side = torch.cuda.Stream()
@@ -267,13 +277,14 @@ def train_stacked(
     device = x_train.device
     n = len(x_train)
     start = time.perf_counter()
-    stack = _Stack(spec, seeds, lrs, iters, rule, device)
+    stack = _Stack(spec, seeds, lrs, iters, device)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     if use_graph is None:
         use_graph = device.type == "cuda" and n % batch_size == 0
     graph = None
     results = [SeedResult(s, float(lr)) for s, lr in zip(seeds, lrs)]
     read = 0  # losses read back so far
+    above = torch.zeros(len(seeds), dtype=torch.int64)  # each seed's steps above the threshold, up to `read`
     step = 0
     while step < iters:
         order = _epoch_orders(generators, n, device)
@@ -293,20 +304,24 @@ def train_stacked(
             if step % eval_every == 0 or step == iters:
                 acc = stack.accuracy(x_eval, y_eval).cpu()  # the host reads: here, and only here
                 losses = stack.losses[read:step].cpu()
-                alive = stack.alive.cpu()
-                died_at = stack.died_at.cpu()
+                first, above = first_divergence(losses, above, rule)
                 for j, r in enumerate(results):
                     if r.failure is not None:
                         continue
-                    why = int(stack.why[j])
-                    end = step if alive[j] else int(died_at[j])
-                    kept = end - 1 if why == NONFINITE else end  # a non-finite loss is not logged
-                    r.losses.extend((read + k + 1, v) for k, v in enumerate(losses[:kept - read, j].tolist()))
-                    if alive[j]:
+                    f = int(first[j])
+                    bad = losses[f, j].item() if f >= 0 else None
+                    # a non-finite loss is not logged
+                    kept = len(losses) if f < 0 else f if not math.isfinite(bad) else f + 1
+                    r.losses.extend((read + k + 1, v) for k, v in enumerate(losses[:kept, j].tolist()))
+                    if f < 0:
                         r.history.append((step, float(acc[j])))
                     else:
-                        r.failed_step = end
-                        r.failure = f"diverged: {rule.reason(end, float(losses[end - read - 1, j]))}"
+                        r.failed_step = read + f + 1
+                        r.failure = f"diverged: {rule.reason(r.failed_step, bad)}"
+                alive = torch.tensor([r.failure is None for r in results])
+                if not (stack.all_alive and alive.all()):
+                    stack.all_alive = False
+                    stack.alive.copy_(alive)  # frozen from the next step on
                 read = step
                 if on_eval is not None:
                     on_eval(StackEval(step, [float(a) if alive[j] else math.nan for j, a in enumerate(acc.tolist())]))
@@ -314,9 +329,8 @@ def train_stacked(
                     step = iters  # nothing left to train
             if step >= iters:
                 break
-    alive = stack.alive.cpu()
     for j, r in enumerate(results):
-        if alive[j] and r.failure is None:
+        if r.failure is None:
             r.accuracy = r.history[-1][1] if r.history else math.nan
             r.state_dict = stack.state_dict(j)
     return StackResult(results, time.perf_counter() - start, graph is not None)

@@ -125,3 +125,36 @@ def test_masking_every_step_as_a_cuda_graph_does_changes_nothing(ds, monkeypatch
     assert lazy.seeds[1].failure is not None
     for a, b in zip(lazy.seeds, always.seeds):
         assert (a.losses, a.history, a.failure, a.failed_step) == (b.losses, b.history, b.failure, b.failed_step)
+
+
+def test_the_divergence_rule_applied_to_blocks_is_the_rule_applied_step_by_step():
+    """``first_divergence`` over blocks of any length gives the step that the per-step rule gives."""
+    from ffnn.stacked import first_divergence
+    rule = DivergenceRule(threshold=5.0, window=4)
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n, S = 40, 6
+        losses = torch.rand(n, S, generator=gen) * 8  # above 5 about 3 steps in 8
+        for _ in range(3):  # a few non-finite losses
+            losses[torch.randint(n, (1,), generator=gen), torch.randint(S, (1,), generator=gen)] = \
+                [math.nan, math.inf, -math.inf][trial % 3]
+        want = []
+        for j in range(S):  # the rule, step by step
+            above, first = 0, -1
+            for t, v in enumerate(losses[:, j].tolist()):
+                above = above + 1 if v > rule.threshold else 0
+                if not math.isfinite(v) or above >= rule.window:
+                    first = t
+                    break
+            want.append(first)
+        got = [-1] * S
+        above = torch.zeros(S, dtype=torch.int64)
+        cuts = sorted(set(torch.randint(1, n, (4,), generator=gen).tolist())) + [n]
+        lo = 0
+        for hi in cuts:
+            first, above = first_divergence(losses[lo:hi], above, rule)
+            for j in range(S):
+                if got[j] < 0 and first[j] >= 0:
+                    got[j] = lo + int(first[j])
+            lo = hi
+        assert got == want
