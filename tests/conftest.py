@@ -73,8 +73,9 @@ from ffnn import data
 spec = json.loads(sys.argv[1])
 spec["mirrors"] = tuple(spec["mirrors"])
 data.DATASETS[spec["name"]] = data.DatasetSpec(**spec)
-from ffnn.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.argv[1:] = sys.argv[2:]
+from ffnn.cli import main_exit
+main_exit()  # as the console script ends
 """
 
 

@@ -109,3 +109,17 @@ def test_tune_unknown_key_in_file(tiny, tmp_path, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "depht" in err and len(err.splitlines()) == 1
+
+
+def test_the_console_script_exits_with_the_status_and_all_its_output(tiny, tmp_path):
+    """``main_exit`` leaves without Python's teardown: the status and every line must still come out."""
+    import os
+    import subprocess
+    from conftest import cli_command
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe's output stays buffered
+    ok = subprocess.run(cli_command(tiny, "data", "--dataset", "tiny", "--data-dir", str(tmp_path / "data")),
+                        capture_output=True, text=True, timeout=120, env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith("tiny: verified files in "), ok
+    bad = subprocess.run(cli_command(tiny, "compare", "--dataset", "tiny", "--models", "Q"),
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and bad.stderr == "ffnn compare: error: unknown model 'Q'; known: LR, A, B, C, D, E\n"
