@@ -32,7 +32,9 @@ from .models import build_model, count_params
 from .tracking import TAG_FAILURE, TAG_FAILURE_STEP, TAG_KEY, TAG_KIND, Tracker, TrackingError, heartbeat_interval, run_key
 from .train import DivergenceRule
 
-CPU_MAX_STACK = 50  # seeds per stack on the CPU; more buys nothing there (the matmuls are at peak)
+CPU_MAX_STACK = 10  # seeds per stack on the CPU: more costs there (two processes, a seed of C / E took
+# 1.59-1.60 / 2.22-2.26 s at 10, 1.72 / 2.34 s at 50; the matmuls are at peak, a stack's weights fall out
+# of cache), and a kill -9 loses at most that many seeds per process
 CUDA_MAX_STACK = 250  # seeds per stack on a GPU: 15 ms a seed of C on an H200 (14 at 1000), and the
 # next stack trains while this one is written to MLflow
 
