@@ -89,13 +89,16 @@ class Dataset:
     x_test: torch.Tensor  # (10000, 784) float32
     y_test: torch.Tensor  # (10000,) int64
     source: str = field(default="")  # where the raw files live
+    # x_train as stored, (60000, 784) uint8, x_train == pixels_train.float() / 255 exactly: the stacked
+    # trainer gathers its batches from these, a quarter of the bytes
+    pixels_train: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Dataset":
         return Dataset(
             self.name, self.sha256,
             self.x_train.to(device), self.y_train.to(device),
             self.x_test.to(device), self.y_test.to(device),
-            self.source,
+            self.source, None if self.pixels_train is None else self.pixels_train.to(device),
         )
 
 
@@ -243,22 +246,26 @@ def load(spec: DatasetSpec | str, data_dir: str | Path = DEFAULT_DATA_DIR,
         spec = get_spec(spec)
     folder = prepare(spec, data_dir, source) if verify else raw_dir(spec, data_dir)
 
-    def images(name: str) -> torch.Tensor:
+    def pixels(name: str) -> torch.Tensor:
         arr = read_idx(folder / name)
-        # ToTensor's scaling: uint8 / 255 -> float32 in [0, 1]
-        return torch.from_numpy(arr.copy()).to(device).reshape(len(arr), -1).float().div_(255)
+        return torch.from_numpy(arr.copy()).to(device).reshape(len(arr), -1)
+
+    def images(raw: torch.Tensor) -> torch.Tensor:
+        return raw.float().div_(255)  # ToTensor's scaling: uint8 / 255 -> float32 in [0, 1]
 
     def labels(name: str) -> torch.Tensor:
         return torch.from_numpy(read_idx(folder / name).astype(np.int64)).to(device)
 
+    train_pixels = pixels("train-images-idx3-ubyte")
     return Dataset(
         name=spec.name,
         sha256=spec.digest,
-        x_train=images("train-images-idx3-ubyte"),
+        x_train=images(train_pixels),
         y_train=labels("train-labels-idx1-ubyte"),
-        x_test=images("t10k-images-idx3-ubyte"),
+        x_test=images(pixels("t10k-images-idx3-ubyte")),
         y_test=labels("t10k-labels-idx1-ubyte"),
         source=str(folder),
+        pixels_train=train_pixels,
     )
 
 

@@ -3,14 +3,15 @@
 A worker is a child process with one torch thread (CPU matmul results depend
 on the thread count, so a job's numbers do not depend on how many workers
 there are): forked on the CPU while the parent has no other thread, so that it
-starts with torch imported, spawned otherwise (always on CUDA). It ignores SIGINT (the parent decides what an interrupt means),
-dies with its parent (``PR_SET_PDEATHSIG``: a kill -9 of ``ffnn`` leaves no
-worker behind), calls ``setup()`` once (loading the data), then runs each job
-it is sent as ``work(context, job, ask)``. ``ask(payload)`` sends a question to
-the parent and returns its answer: tune asks whether to prune at each
-evaluation. With one worker on the CPU the jobs run in this process instead; on
-CUDA the one worker is a process, so that the parent records a stack's results
-while the next stack trains.
+starts with torch imported, spawned otherwise (always on CUDA). It ignores
+SIGINT (the parent decides what an interrupt means), dies with its parent
+(``PR_SET_PDEATHSIG``: a kill -9 of ``ffnn`` leaves no worker behind), calls
+``setup()`` once (loading the data), then runs each job it is sent as
+``work(context, job, ask)``. ``ask(payload)`` sends a question to the parent
+and returns its answer: tune asks whether to prune at each evaluation. With
+one worker on the CPU the jobs run in this process instead; on CUDA the one
+worker is a process, so that the parent records a stack's results while the
+next stack trains.
 
 The parent alone talks to MLflow and Optuna: it hands out jobs
 (``next_job``), answers questions (``on_ask``) and records results

@@ -158,3 +158,15 @@ def test_the_divergence_rule_applied_to_blocks_is_the_rule_applied_step_by_step(
                     got[j] = lo + int(first[j])
             lo = hi
         assert got == want
+
+
+def test_uint8_pixels_train_exactly_as_the_float_images(ds):
+    """The CPU's stacks gather uint8 pixels and scale them after the gather: the same numbers."""
+    assert ds.pixels_train.dtype == torch.uint8 and torch.equal(ds.pixels_train.float() / 255, ds.x_train)
+    spec = REGISTRY["D"]
+    from_float = stacked(ds, spec, [0, 5])
+    from_pixels = train_stacked(spec, [0, 5], [0.1, 0.1], BATCH, ITERS, EVAL, ds.pixels_train, ds.y_train,
+                                ds.x_test, ds.y_test)
+    for a, b in zip(from_float.seeds, from_pixels.seeds):
+        assert a.losses == b.losses and a.history == b.history
+        assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
