@@ -2,10 +2,11 @@
 
 The seeds of one model train together as one stack (``stacked.train_stacked``)
 in the engine's worker processes (or in this one with one worker on the CPU;
-on CUDA in one child process, while this one records). Every MLflow write happens here, in the parent, through the context's
-``Tracker``: one writer per store. Each seed stays its own MLflow run, created
-and claimed before its stack starts, so a kill -9 loses at most the unfinished
-seeds of the stacks in flight, and the next run trains them again.
+on CUDA in one child process, while this one records). Every MLflow write
+happens here, in the parent, through the context's ``Tracker``: one writer per
+store. Each seed stays its own MLflow run, created and claimed before its
+stack starts, so a kill -9 loses at most the unfinished seeds of the stacks in
+flight, and the next run trains them again.
 """
 
 from __future__ import annotations

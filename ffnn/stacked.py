@@ -208,25 +208,6 @@ class _Slice:
     activate = _Stack.activate
 
 
-def first_divergence(losses: torch.Tensor, above: torch.Tensor,
-                     rule: DivergenceRule) -> tuple[torch.Tensor, torch.Tensor]:
-    """The divergence rule applied to a block of losses, as if step by step.
-
-    ``losses``: (k, S), the steps after the last check; ``above``: (S,) how many steps before the
-    block each seed's loss had stayed above the threshold. Returns, per seed, the index in the block
-    of the first step whose loss was not finite or completed ``rule.window`` steps above
-    ``rule.threshold`` (-1 if none), and the count of steps above at the block's end.
-    """
-    k = len(losses)
-    pos = torch.arange(k)[:, None]
-    high = losses > rule.threshold  # NaN is not high: non-finite is its own failure
-    last_low = torch.where(high, -1, pos).cummax(0).values  # the latest step at or before each that was not high
-    run = torch.where(last_low >= 0, pos - last_low, pos + 1 + above)  # steps above, counted to each step
-    bad = ~torch.isfinite(losses) | (run >= rule.window)
-    first = torch.where(bad.any(0), bad.int().argmax(0), -1)
-    return first, run[-1] if k else above
-
-
 def _epoch_orders(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
     """(S, n): each seed's next epoch order, drawn exactly as ``train.train`` draws it."""
     perms = torch.stack([torch.randperm(n, generator=g) for g in generators])
@@ -308,7 +289,7 @@ def train_stacked(
             if step % eval_every == 0 or step == iters:
                 acc = stack.accuracy(x_eval, y_eval).cpu()  # the host reads: here, and only here
                 losses = stack.losses[read:step].cpu()
-                first, above = first_divergence(losses, above, rule)
+                first, above = rule.first_break(losses, above)
                 for j, r in enumerate(results):
                     if r.failure is not None:
                         continue

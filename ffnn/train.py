@@ -62,6 +62,26 @@ class DivergenceRule:
     threshold: float = 10 * math.log(10)  # training loss, nats
     window: int = 100  # consecutive optimizer steps above the threshold
 
+    def count(self, above: int, loss: float) -> tuple[int, bool]:
+        """One step of the rule: the consecutive steps above the threshold after ``loss`` (``above`` before
+        it), and whether the run has now diverged."""
+        above = above + 1 if loss > self.threshold else 0  # NaN is not above: non-finite is its own failure
+        return above, not math.isfinite(loss) or above >= self.window
+
+    def first_break(self, losses: torch.Tensor, above: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rule over a block of steps at once, exactly as ``count`` step by step (tested).
+
+        ``losses``: (k, S), S runs' losses for k steps; ``above``: (S,) their steps above the threshold
+        before the block. Returns, per run, the index in the block of the first step that broke the rule
+        (-1 if none), and the steps above at the block's end.
+        """
+        k = len(losses)
+        pos = torch.arange(k)[:, None]
+        last_low = torch.where(losses > self.threshold, -1, pos).cummax(0).values  # latest step not above
+        run = torch.where(last_low >= 0, pos - last_low, pos + 1 + above)  # steps above, counted to each step
+        bad = ~torch.isfinite(losses) | (run >= self.window)
+        return torch.where(bad.any(0), bad.int().argmax(0), -1), run[-1] if k else above
+
     def reason(self, step: int, loss: float) -> str:
         """Why a run whose loss was ``loss`` at ``step`` diverged (non-finite, or the window's last loss)."""
         if not math.isfinite(loss):
@@ -154,11 +174,10 @@ def train(
             optimizer.step()
 
             value = loss.item()
-            if not math.isfinite(value):
-                raise Diverged(step, value, pending, rule)
-            pending.append((step, value))
-            above = above + 1 if value > rule.threshold else 0
-            if above >= rule.window:
+            above, diverged = rule.count(above, value)
+            if math.isfinite(value):
+                pending.append((step, value))
+            if diverged:
                 raise Diverged(step, value, pending, rule)
             if step % cfg.eval_every == 0 or step == cfg.iters:
                 accuracy = evaluate(model, x_eval, y_eval)

@@ -128,8 +128,8 @@ def test_masking_every_step_as_a_cuda_graph_does_changes_nothing(ds, monkeypatch
 
 
 def test_the_divergence_rule_applied_to_blocks_is_the_rule_applied_step_by_step():
-    """``first_divergence`` over blocks of any length gives the step that the per-step rule gives."""
-    from ffnn.stacked import first_divergence
+    """``DivergenceRule.first_break`` over blocks of any length (the stacked trainer's form) gives the step
+    that ``DivergenceRule.count`` (the single-run loop's) gives step by step."""
     rule = DivergenceRule(threshold=5.0, window=4)
     gen = torch.Generator().manual_seed(0)
     for trial in range(200):
@@ -142,8 +142,8 @@ def test_the_divergence_rule_applied_to_blocks_is_the_rule_applied_step_by_step(
         for j in range(S):  # the rule, step by step
             above, first = 0, -1
             for t, v in enumerate(losses[:, j].tolist()):
-                above = above + 1 if v > rule.threshold else 0
-                if not math.isfinite(v) or above >= rule.window:
+                above, broke = rule.count(above, v)
+                if broke:
                     first = t
                     break
             want.append(first)
@@ -152,7 +152,7 @@ def test_the_divergence_rule_applied_to_blocks_is_the_rule_applied_step_by_step(
         cuts = sorted(set(torch.randint(1, n, (4,), generator=gen).tolist())) + [n]
         lo = 0
         for hi in cuts:
-            first, above = first_divergence(losses[lo:hi], above, rule)
+            first, above = rule.first_break(losses[lo:hi], above)
             for j in range(S):
                 if got[j] < 0 and first[j] >= 0:
                     got[j] = lo + int(first[j])
