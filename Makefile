@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 endif
 
-.PHONY: install data compare report tune test test-slow test-cluster cluster cluster-stop bench ui dashboard screenshots clean
+.PHONY: install data fashion-data compare report tune test test-slow test-cluster cluster cluster-stop bench ui dashboard screenshots clean
 
 install: $(VENV)/.installed
 
@@ -69,7 +69,14 @@ test-slow: install
 test-cluster: install
 	$(BIN)/python -m pytest -q -m cluster $(ARGS)
 
-bench: data
+# Fashion-MNIST for the --until-decided benchmark: Debian's dataset-fashion-mnist (installed when root)
+FASHION := /usr/share/datasets/fashion-mnist
+fashion-data: install
+	test -d $(FASHION) || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null)
+	$(FFNN) data --dataset fashion-mnist
+
+bench: data fashion-data
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 clean:

@@ -237,7 +237,8 @@ def _train_comparison(cfg, ctx, args):
         from .until_decided import until_decided
         res = until_decided(cfg, Design(margin=args.margin, round=args.round, max_seeds=args.max_seeds), ctx,
                             _progress([]), lambda msg: print(msg, file=sys.stderr, flush=True))
-        print(f"\n--until-decided: {res.seeds} seeds per model; the {res.family} family is "
+        per = ", ".join(f"{m} {n}" for m, n in res.seeds_per_model().items())
+        print(f"\n--until-decided: {res.runs} runs ({per} seeds); the {res.family} family is "
               f"{'decided' if res.decided else f'not decided at --max-seeds {args.max_seeds}'}")
         return res.rows, replace(cfg, seeds=res.seeds)
     from .compare import compare

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .bits import MAX_TAG_CHARS
 from .config import CompareConfig, validate_train
 from .context import Context
 from .data import read_idx
@@ -30,7 +31,8 @@ from .engine import worker_count
 from .errors import Interrupted, deferred_interrupts, ignore_interrupts
 from .jobs import Job, JobResult, StackJob, run_stack
 from .models import build_model, count_params
-from .tracking import TAG_FAILURE, TAG_FAILURE_STEP, TAG_KEY, TAG_KIND, Tracker, TrackingError, heartbeat_interval, run_key
+from .tracking import (TAG_FAILURE, TAG_FAILURE_STEP, TAG_KEY, TAG_KIND, TAG_TEST_CORRECT, Tracker, TrackingError,
+                       heartbeat_interval, run_key)
 from .train import DivergenceRule
 
 CPU_MAX_STACK = 10  # seeds per stack on the CPU: more costs there (two processes, a seed of C / E took
@@ -264,6 +266,9 @@ def _record(tracker: Tracker, run_id: str, r: JobResult, params: dict, example: 
         model = build_model(r.job.spec)
         model.load_state_dict(torch.load(io.BytesIO(r.weights)))
         tags.update(tracker.log_torch_model(run_id, model, example))
+        # a test set of more than about 47,000 images does not fit a tag: then the run goes without it
+        if r.test_correct and len(r.test_correct) <= MAX_TAG_CHARS:
+            tags[TAG_TEST_CORRECT] = r.test_correct
         tracker.log_run(run_id, series, {"final_test_accuracy": r.accuracy, "train_seconds": r.seconds,
                                          "stack_seconds": r.stack_seconds}, r.job.cfg.iters, tags, params)
         tracker.end_run(run_id, "FINISHED")

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from . import data as data_mod
+from .bits import pack_correct
 from .data import Dataset
 from .errors import Interrupted
 from .models import ModelSpec, count_params
@@ -68,6 +69,7 @@ class JobResult:
     stack_size: int = 1
     stack_seconds: float = 0.0  # the whole stack's wall time
     device_name: str = ""  # what trained it, as the training process saw it
+    test_correct: str = ""  # which test images the final network got right, bits.pack_correct; "" if unknown
 
 
 def run_stack(ds: Dataset, stack: StackJob, ask: Callable | None = None) -> list[JobResult]:
@@ -91,7 +93,8 @@ def run_stack(ds: Dataset, stack: StackJob, ask: Callable | None = None) -> list
             weights = buf.getvalue()
         out.append(JobResult(stack.job(r.seed), start, end, r.accuracy, res.seconds / len(stack.seeds), r.history,
                              window_means(r.losses, LOSS_STRIDE), weights, r.failure, r.failed_step, engine,
-                             len(stack.seeds), res.seconds, device_name(ds.x_train.device)))
+                             len(stack.seeds), res.seconds, device_name(ds.x_train.device),
+                             pack_correct(r.eval_correct) if r.eval_correct is not None else ""))
     return out
 
 

@@ -29,6 +29,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +50,7 @@ class SeedResult:
     state_dict: dict[str, torch.Tensor] | None = None  # nn.Sequential keys, on the CPU; None when failed
     failure: str | None = None
     failed_step: int | None = None
+    eval_correct: np.ndarray | None = None  # (M,) bool: each eval image classified right at the final evaluation
 
 
 @dataclass
@@ -174,17 +176,17 @@ class _Stack:
                 g = self.backward_activation(g_in, h)
 
     @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, chunk_bytes: int = 256 << 20) -> torch.Tensor:
-        """(S,) percent of ``x`` classified as ``y`` by each seed; seeds in chunks to bound memory."""
+    def correct(self, x: torch.Tensor, y: torch.Tensor, chunk_bytes: int = 256 << 20) -> torch.Tensor:
+        """(S, M) bool: whether each seed classifies each image of ``x`` as ``y``; seeds in chunks to bound memory."""
         S = self.weights[0].shape[0]
         widest = max(w.shape[1] for w in self.weights)
         per_seed = len(x) * widest * 4
         step = max(1, chunk_bytes // per_seed)
-        correct = []
-        for lo in range(0, S, step):
-            sub = _Slice(self, lo, min(S, lo + step))
-            correct.append((sub.logits(x).argmax(2) == y).sum(1))
-        return torch.cat(correct).float() * (100.0 / len(y))
+        return torch.cat([_Slice(self, lo, min(S, lo + step)).logits(x).argmax(2) == y for lo in range(0, S, step)])
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, chunk_bytes: int = 256 << 20) -> torch.Tensor:
+        """(S,) percent of ``x`` classified as ``y`` by each seed."""
+        return percent(self.correct(x, y, chunk_bytes))
 
     def state_dict(self, s: int) -> dict[str, torch.Tensor]:
         """Seed ``s``'s weights under ``nn.Sequential``'s keys (Linear layers at 0, 2, 4, ...)."""
@@ -193,6 +195,11 @@ class _Stack:
             out[f"{2 * i}.weight"] = w[s].detach().cpu()
             out[f"{2 * i}.bias"] = b[s, :, 0].detach().cpu()
         return out
+
+
+def percent(correct: torch.Tensor) -> torch.Tensor:
+    """(S, M) bool -> (S,) float32 percent true per row, as ``_Stack.accuracy`` reports it, on any device."""
+    return correct.sum(1).float() * (100.0 / correct.shape[1])
 
 
 class _Slice:
@@ -256,7 +263,8 @@ def train_stacked(
     on_eval: Callable[[StackEval], None] | None = None,
     use_graph: bool | None = None,  # None: on CUDA when the batches are all full
 ) -> StackResult:
-    """Train ``spec`` once per seed, all seeds at once; evaluate every ``eval_every`` steps."""
+    """Train ``spec`` once per seed, all seeds at once; evaluate every ``eval_every`` steps. Each seed that
+    finishes keeps which eval images its final evaluation got right (``SeedResult.eval_correct``)."""
     if len(seeds) != len(lrs):
         raise ValueError("one learning rate per seed")
     device = x_train.device
@@ -271,6 +279,7 @@ def train_stacked(
     read = 0  # losses read back so far
     above = torch.zeros(len(seeds), dtype=torch.int64)  # each seed's steps above the threshold, up to `read`
     step = 0
+    final_correct = None  # (S, M) bool on the CPU, from the evaluation at step == iters
     while step < iters:
         order = _epoch_orders(generators, n, device)
         for lo in range(0, n, batch_size):
@@ -287,7 +296,11 @@ def train_stacked(
                 stack.step(x_train, y_train, idx)
             step += 1
             if step % eval_every == 0 or step == iters:
-                acc = stack.accuracy(x_eval, y_eval).cpu()  # the host reads: here, and only here
+                if step == iters:  # the final evaluation: which images, read once; the accuracy from those
+                    final_correct = stack.correct(x_eval, y_eval).cpu()  # the host reads: here, and only here
+                    acc = percent(final_correct)
+                else:
+                    acc = stack.accuracy(x_eval, y_eval).cpu()  # the host reads: here, and only here
                 losses = stack.losses[read:step].cpu()
                 first, above = rule.first_break(losses, above)
                 for j, r in enumerate(results):
@@ -318,4 +331,6 @@ def train_stacked(
         if r.failure is None:
             r.accuracy = r.history[-1][1] if r.history else math.nan
             r.state_dict = stack.state_dict(j)
+            if final_correct is not None:
+                r.eval_correct = final_correct[j].numpy().copy()
     return StackResult(results, time.perf_counter() - start, graph is not None)

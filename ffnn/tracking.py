@@ -84,6 +84,10 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BA
 TAG_FAILURE = "ffnn.failure"  # why a run FAILED, e.g. "diverged: loss is nan at step 120"
 TAG_FAILURE_STEP = "ffnn.failure_step"  # the optimizer step where it failed
 TAG_SEQUENTIAL = "ffnn.sequential"  # experiment tag: JSON of the --until-decided design (looks, alpha, margin)
+TAG_LOOKS = "ffnn.report_looks"  # experiment tag: JSON list of the looks `ffnn report` took (seeds per model)
+# which test images a FINISHED child run's final network classified right, "N:base64(packbits)" (ffnn/bits.py);
+# absent when the test set is too large for a tag (bits.MAX_TAG_CHARS)
+TAG_TEST_CORRECT = "ffnn.test_correct"
 # `runs_frame` column of each field a report reads from a child run (mlflow.search_runs names).
 RUN_COLUMNS = {"run_id": "run_id", "experiment_id": "experiment_id", "status": "status", "start_time": "start_time",
                "kind": f"tags.{TAG_KIND}", "model": "params.model", "model_tag": "tags.ffnn.model",
@@ -92,7 +96,8 @@ RUN_COLUMNS = {"run_id": "run_id", "experiment_id": "experiment_id", "status": "
                "dataset": "params.dataset", "spec": "tags.ffnn.spec", "device_name": "tags.ffnn.device_name",
                "key": f"tags.{TAG_KEY}", "accuracy": "metrics.final_test_accuracy",
                "train_seconds": "metrics.train_seconds", "failure": f"tags.{TAG_FAILURE}",
-               "failure_step": f"tags.{TAG_FAILURE_STEP}", "parent_run_id": "tags.mlflow.parentRunId"}
+               "failure_step": f"tags.{TAG_FAILURE_STEP}", "parent_run_id": "tags.mlflow.parentRunId",
+               "test_correct": f"tags.{TAG_TEST_CORRECT}"}
 # MLflow 3's UI shows an experiment as a runs table (not as GenAI traces) when it has this tag.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call

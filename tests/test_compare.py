@@ -123,3 +123,45 @@ def test_compare_bad_input_is_one_line_and_exit_2(tiny, tmp_path, capsys, argv, 
     assert cli.main(base + argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_every_finished_run_records_which_test_images_it_got_right(tiny, tmp_path):
+    """The ``ffnn.test_correct`` tag: n_test bits whose mean is the run's final test accuracy; none on a failure."""
+    import numpy as np
+    from ffnn.bits import unpack_correct
+    from ffnn.tracking import TAG_TEST_CORRECT
+    rc, client = run_compare(tmp_path, "--models", "LR,C", "--seeds", "2", "--workers", "1", "--iters", "5",
+                             "--eval-every", "5")  # half-trained: some images right, some wrong
+    assert rc == 0
+    runs = children(client, "FINISHED")
+    assert len(runs) == 4
+    bits = {}
+    for r in runs:
+        correct = unpack_correct(r.data.tags[TAG_TEST_CORRECT])
+        assert correct.shape == (200,) and 0 < correct.mean() < 1
+        assert abs(correct.mean() * 100 - r.data.metrics["final_test_accuracy"]) <= 1e-9
+        bits[r.data.params["model"], r.data.params["seed"]] = correct
+    assert not np.array_equal(bits["C", "0"], bits["C", "1"])
+    # the logged network's own per-image answers
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    ds = data.load(tiny, tmp_path / "data")
+    run = next(r for r in runs if r.data.params["model"] == "C" and r.data.params["seed"] == "1")
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    with torch.no_grad():
+        assert np.array_equal(bits["C", "1"], (model(ds.x_test).argmax(1) == ds.y_test).numpy())
+
+
+def test_a_failed_run_has_no_test_correct_tag(tiny, tmp_path):
+    (tmp_path / "exp.toml").write_text('[specs.Big]\nhidden = [300, 300, 300]\nactivation = "relu"\n')
+    _, client = run_compare(tmp_path, "--config", str(tmp_path / "exp.toml"), "--models", "Big", "--seeds", "1",
+                            "--workers", "1", "--lr", "1e6")
+    failed = children(client, "FAILED")
+    assert len(failed) == 1 and "ffnn.test_correct" not in failed[0].data.tags
+
+
+def test_a_test_set_too_large_for_a_tag_is_left_out(tiny, tmp_path, monkeypatch):
+    from ffnn import compare
+    monkeypatch.setattr(compare, "MAX_TAG_CHARS", 10)  # the tiny test set's 200 bits take 40 characters
+    rc, client = run_compare(tmp_path, "--models", "LR", "--seeds", "1", "--workers", "1")
+    runs = children(client, "FINISHED")
+    assert rc == 0 and len(runs) == 1 and "ffnn.test_correct" not in runs[0].data.tags

@@ -1,5 +1,5 @@
-"""The report's statistics against scipy and statsmodels, and the group-sequential boundaries
-against published values (gsDesign / rpact, Lan-DeMets O'Brien-Fleming spending)."""
+"""The report's statistics against scipy and statsmodels, the confidence sequence against its
+Bayes factor, and the new-images error against a two-way bootstrap and a simulation."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
-from ffnn.report import sequential
-from ffnn.report.sequential import Design, fixed_z, z_boundaries
-from ffnn.report.stats import binomial_se, decide, holm, mean_ci, paired_or_welch, seeds_to_decide
+from ffnn.report import scope, sequential
+from ffnn.report.scope import new_images_se, pigeonhole_bootstrap_se
+from ffnn.report.sequential import Design, cs_interval, cs_multiplier, log_bayes_factor
+from ffnn.report.stats import (binomial_se, decide, failure_test, holm, mean_ci, paired_or_welch, paired_pvalues,
+                               seeds_range, seeds_to_decide, sd_interval, tost_power)
 
 A = [91.7, 91.8, 91.9, 91.75, 91.85]
 B = [91.9, 91.95, 92.2, 91.9, 92.1]
@@ -51,9 +53,22 @@ def test_welch_where_seeds_do_not_match_matches_scipy_and_statsmodels():
     assert t.p_tost == pytest.approx(ttost_ind(b, a, -0.2, 0.2, usevar="unequal")[0])
 
 
-def test_decide_reads_the_four_verdicts_from_an_interval():
-    got = decide([0.1, -0.5, -0.1, -0.1, math.nan], [0.5, -0.1, 0.15, 0.3, math.nan], 0.2)
-    assert got.tolist() == ["helped", "hurt", "equivalent", "undecided", "undecided"]
+def test_decide_reads_the_five_verdicts_from_an_interval():
+    got = decide([0.1, -0.5, -0.1, -0.1, 0.05, -0.15, math.nan], [0.5, -0.1, 0.15, 0.3, 0.15, -0.01, math.nan], 0.2)
+    assert got.tolist() == ["helped", "hurt", "equivalent", "undecided", "negligible", "negligible", "undecided"]
+
+
+def test_tied_differences_get_scipys_exact_sign_flip_p_not_zero():
+    for d in ([0.1, 0.1, 0.1], [0.3] * 5, [0.0] * 4, [95.8 - 95.7, 95.7 - 95.6, 96.1 - 96.0]):
+        d = np.array(d)
+        _, se, p, p_tost = paired_pvalues(d, 0.2)
+        flip = stats.permutation_test((d,), np.mean, permutation_type="samples", alternative="two-sided")
+        assert se == 0 and float(p) == pytest.approx(flip.pvalue)
+        low = stats.permutation_test((d + 0.2,), np.mean, permutation_type="samples", alternative="greater")
+        high = stats.permutation_test((d - 0.2,), np.mean, permutation_type="samples", alternative="less")
+        assert float(p_tost) == pytest.approx(max(low.pvalue, high.pvalue))
+    t = paired_or_welch([95.0, 95.1, 95.2], [95.5, 95.6, 95.7])  # the same +0.5 on every seed
+    assert t.se == 0 and t.p == pytest.approx(0.25) and t.p_tost == 1.0
 
 
 def test_holm_matches_statsmodels_and_counts_untestable_steps():
@@ -105,15 +120,37 @@ def test_seeds_to_decide_is_the_smallest_n_with_statsmodels_power():
         return integrate.quad(lambda s: dens(s) * (stats.norm.cdf(nc - c * s) + stats.norm.cdf(-nc - c * s)),
                               0, np.inf)[0]
     assert nct_power(n) >= 0.8 > nct_power(n - 1) and n == 4
-    # near zero the equivalence test decides: one-sided at alpha / 2 against the nearer margin
-    n = seeds_to_decide(0.0, 0.15, 0.2, 0.01)
-    eq = lambda k: TTestPower().power(effect_size=0.2 / 0.15, nobs=k, alpha=0.005, alternative="larger")  # noqa
-    assert eq(n) >= 0.8 > eq(n - 1)
+    # near zero the equivalence test decides: both one-sided tests of TOST at alpha
+    n = seeds_to_decide(0.0, 0.2, 0.2, 0.05 / 7)
+    assert tost_power(0.0, 0.2, n, 0.05 / 7, 0.2) >= 0.8 > tost_power(0.0, 0.2, n - 1, 0.05 / 7, 0.2)
     unpaired = seeds_to_decide(0.5, 1.0, 0.2, 0.05, paired=False)
     assert TTestIndPower().power(effect_size=0.5, nobs1=unpaired, alpha=0.05) >= 0.8 and unpaired == 64
     # a smaller alpha (a larger family) needs more seeds
     assert seeds_to_decide(0.5, 1.0, 0.2, 0.05 / 7) > 34
-    assert seeds_to_decide(0.2, 0.0, 0.2, 0.05) == 2 and seeds_to_decide(0.2, math.nan, 0.2, 0.05) is None
+    assert seeds_to_decide(0.2, 0.0, 0.2, 0.05) == 3 and seeds_to_decide(0.2, math.nan, 0.2, 0.05) is None
+
+
+def test_tost_power_matches_a_simulation_of_both_one_sided_tests():
+    rng = np.random.default_rng(0)
+    for diff, sd, n in ((0.0, 0.2, 14), (0.1, 0.15, 20)):
+        d = rng.normal(diff, sd, (40_000, n))
+        _, _, _, p_tost = paired_pvalues(d, 0.2)
+        sim = (p_tost <= 0.05 / 7).mean()
+        assert tost_power(diff, sd, n, 0.05 / 7, 0.2) == pytest.approx(sim, abs=0.015)
+    assert tost_power(0.0, 0.2, 14, 0.05 / 7, 0.2) < 0.7  # what the old one-sided formula called 0.8
+
+
+def test_seeds_range_follows_the_spreads_chi_square_interval():
+    lo_sd, hi_sd = sd_interval(0.2, 5)
+    ref = stats.chi2.interval(0.95, 4)
+    assert (lo_sd, hi_sd) == pytest.approx((0.2 * math.sqrt(4 / ref[1]), 0.2 * math.sqrt(4 / ref[0])))
+    lo, mid, hi = seeds_range(0.0, 0.2, 5, 0.2, 0.05 / 7)
+    assert lo < mid < hi and mid == seeds_to_decide(0.0, 0.2, 0.2, 0.05 / 7)
+
+
+def test_failure_test_is_scipys_fisher_exact():
+    assert failure_test(1, 10, 7, 10) == pytest.approx(stats.fisher_exact([[1, 9], [7, 3]]).pvalue)
+    assert failure_test(0, 5, 0, 5) == 1.0 and math.isnan(failure_test(0, 0, 1, 5))
 
 
 def test_binomial_se_and_mean_ci():
@@ -121,31 +158,47 @@ def test_binomial_se_and_mean_ci():
     assert mean_ci(A) == pytest.approx(stats.t.interval(0.95, 4, loc=np.mean(A), scale=stats.sem(A)))
 
 
-def test_obf_boundaries_match_published_values():
-    # gsDesign sfLDOF / rpact asOF, two-sided alpha 0.05, five equal looks
-    assert z_boundaries([0.2, 0.4, 0.6, 0.8, 1.0], 0.05) == pytest.approx(
-        [4.8769, 3.3569, 2.6803, 2.2898, 2.0310], abs=2e-4)
-    assert z_boundaries([1.0], 0.05) == pytest.approx([1.95996], abs=1e-5)
+def test_cs_multiplier_solves_the_bayes_factor_threshold():
+    for n in (8, 10, 30, 200):
+        t = float(cs_multiplier(n, 0.05 / 7))
+        assert log_bayes_factor(np.array(t), n) == pytest.approx(math.log(7 / 0.05))
+        assert t > stats.t.isf(0.05 / 7 / 2, n - 1)  # wider than the fixed-sample interval
+    assert math.isinf(cs_multiplier(3, 0.05 / 7)) and cs_multiplier(10, 0.05) < cs_multiplier(10, 0.01)
+    low, high = cs_interval(np.array([0.5, 0.5, 0.5]), np.array([0.1, 0.0, 0.1]), np.array([10, 10, 2]), 0.05)
+    assert low[0] < 0.5 < high[0] and np.isnan(low[1:]).all()  # a tie or two seeds: no interval
 
 
-def test_obf_boundaries_spend_alpha_on_brownian_motion():
-    rng = np.random.default_rng(0)
-    t = np.array([0.25, 0.5, 0.6, 1.0])
-    c = z_boundaries(t, 0.05)
-    s = np.cumsum(rng.standard_normal((200_000, 4)) * np.sqrt(np.diff(t, prepend=0)), axis=1)
-    crossed = (np.abs(s / np.sqrt(t)) >= c).any(axis=1).mean()
-    assert crossed == pytest.approx(0.05, abs=3 * math.sqrt(0.05 * 0.95 / 200_000))
-
-
-def test_design_looks_and_boundary_at_an_unplanned_analysis():
+def test_design_looks():
     d = Design(round=10, max_seeds=25)
     assert d.looks() == (10, 20, 25) and d.looks_until(15) == (10, 15) and d.looks_until(25) == (10, 20, 25)
-    assert d.z_boundary(25, 1) == pytest.approx(z_boundaries([0.4, 0.8, 1.0], 0.05)[-1])
-    assert d.z_boundary(25, 3) > d.z_boundary(25, 1) > fixed_z(0.05, 1)
+
+
+def test_new_images_se_matches_the_pigeonhole_bootstrap_and_the_true_spread():
+    """Seeds x images with a per-image effect: the analytic error against Owen's bootstrap, and against
+    the spread of the estimate over fresh test sets (the quantity it estimates)."""
+    rng = np.random.default_rng(0)
+    n, big_n = 20, 2000
+
+    def draw():
+        hard = rng.random(big_n) < 0.04  # images where b is right more often than a
+        pa = np.where(hard, 0.3, 0.97)
+        pb = np.where(hard, 0.6, 0.97)
+        skill = rng.normal(0, 0.01, (n, 1))  # seed effects
+        return (rng.random((n, big_n)) < pa + skill).astype(float), (rng.random((n, big_n)) < pb + skill).astype(float)
+
+    a, b = draw()
+    got = new_images_se(a, b)
+    seeds_only = 100 * (b - a).mean(1).std(ddof=1) / math.sqrt(n)
+    assert got.se > seeds_only and got.images_se > 0
+    assert got.se <= pigeonhole_bootstrap_se(a, b, reps=400) * 1.05  # Owen's bootstrap overstates by the residual
+    truth = np.std([100 * np.subtract(*draw()[::-1]).mean() for _ in range(300)], ddof=1)
+    assert got.se == pytest.approx(truth, rel=0.2)
+    same = new_images_se(a, a)
+    assert same.se == 0
 
 
 def test_stats_and_sequential_import_neither_pandas_nor_mlflow():
-    for module in (sequential, __import__("ffnn.report.stats", fromlist=["x"])):
+    for module in (sequential, scope, __import__("ffnn.report.stats", fromlist=["x"])):
         tree = ast.parse(Path(module.__file__).read_text())
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

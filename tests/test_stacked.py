@@ -170,3 +170,27 @@ def test_uint8_pixels_train_exactly_as_the_float_images(ds):
     for a, b in zip(from_float.seeds, from_pixels.seeds):
         assert a.losses == b.losses and a.history == b.history
         assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+
+@pytest.mark.parametrize("model", ["LR", "C"])
+def test_each_finished_seed_keeps_which_eval_images_it_got_right(ds, model):
+    """``eval_correct`` is the final network's per-image correctness, and the final accuracy comes from it."""
+    from ffnn.models import build_model
+    spec = REGISTRY[model]
+    res = stacked(ds, spec, [0, 1, 2], iters=5, every=2)  # half-trained: some images right, some wrong
+    for r in res.seeds:
+        assert 0 < r.accuracy < 100 and [s for s, _ in r.history] == [2, 4, 5]
+        assert r.eval_correct.dtype == bool and r.eval_correct.shape == (len(ds.y_test),)
+        assert r.eval_correct.mean() * 100 == r.accuracy == r.history[-1][1]
+        net = build_model(spec)
+        net.load_state_dict(r.state_dict)
+        with torch.no_grad():
+            want = (net(ds.x_test).argmax(1) == ds.y_test).numpy()
+        assert (r.eval_correct == want).all()
+    assert not (res.seeds[0].eval_correct == res.seeds[1].eval_correct).all()  # each seed its own
+
+
+def test_a_failed_seed_has_no_eval_correct(ds):
+    res = stacked(ds, ModelSpec((300, 300, 300), "relu"), [0, 1], lrs=[0.1, 1e6])
+    assert res.seeds[1].failure is not None and res.seeds[1].eval_correct is None
+    assert res.seeds[0].eval_correct.mean() * 100 == res.seeds[0].accuracy

@@ -1,9 +1,9 @@
 """`report`: runs in MLflow -> outcomes -> families of comparisons -> verdicts -> files.
 
 Reads what ``ffnn compare`` (and ``ffnn tune --final``) logged; never trains. Each comparison
-``a -> b`` gets one interval for mean(b) - mean(a) (paired on shared seeds, Welch otherwise) at the
-level its family and the looks taken call for, and the verdict that interval supports: helped,
-hurt, equivalent (within +-margin) or undecided (with the seeds a decision would need).
+``a -> b`` gets a verdict at two scopes, this test set and new images (``verdicts``): helped, hurt,
+negligible (real, but within +-margin), equivalent (within +-margin) or undecided (with the seeds a
+decision would need). Each report records its look on the experiment (``looks``).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
-from scipy import stats
 
-from ..tracking import RUN_COLUMNS, TAG_SEQUENTIAL, Tracker
-from .plan import FAMILIES, Step, plan
-from .runs import (TRAIN_FIELDS, ReportError, Selection, failure_text, select_runs, summarise, tidy_runs,
-                   typical_std)
-from .sequential import METHOD_NAME, Design, t_critical
-from .stats import binomial_se, decide, holm, paired_or_welch, seeds_to_decide
+from ..tracking import RUN_COLUMNS, TAG_LOOKS, TAG_SEQUENTIAL, Tracker
+from .looks import add_look, grown_steps, parse_looks
+from .plan import plan
+from .runs import TRAIN_FIELDS, ReportError, Selection, select_runs, summarise, tidy_runs, typical_std
+from .sequential import METHOD_NAME, Design
+from .stats import MIN_SEEDS, binomial_se
+from .verdicts import UNAVAILABLE, compare_steps, more_seeds_cannot_decide
 
 FORMATS = ("csv", "md", "tex", "html", "png")
 N_TEST = {"mnist": 10_000, "fashion-mnist": 10_000}  # test images, where a run logged no dataset profile
@@ -36,7 +36,7 @@ class ReportConfig:
     out: Path | None = None  # output folder; None = reports/<experiment>/
     formats: tuple[str, ...] = FORMATS  # files to write, from FORMATS
     alpha: float = 0.05  # family-wise error rate of the verdicts of each family
-    margin: float = 0.2  # points: a difference within +-margin is "equivalent"
+    margin: float = 0.2  # points: a difference within +-margin is "equivalent" (or "negligible" if real)
     confidence: float = 0.95  # of the per-model intervals and plot bands
     power: float = 0.8  # wanted probability of a decision, for "seeds to decide"
 
@@ -67,7 +67,7 @@ def build_report_config(experiments: Sequence[str] | None = None, models: str | 
 
 def design_tag(design: Design) -> str:
     """The experiment tag that tells a report which looks ``--until-decided`` planned."""
-    return json.dumps({"method": "rci-obf", "alpha": design.alpha, "margin": design.margin,
+    return json.dumps({"method": "confidence-sequence", "alpha": design.alpha, "margin": design.margin,
                        "round": design.round, "max_seeds": design.max_seeds}, sort_keys=True)
 
 
@@ -76,121 +76,6 @@ def design_from_tag(text: str | None) -> Design | None:
         return None
     d = json.loads(text)
     return Design(float(d["alpha"]), float(d["margin"]), int(d["round"]), int(d["max_seeds"]))
-
-
-COLUMNS = ["family", "a", "b", "change", "spec_a", "spec_b", "paired", "n_a", "n_b", "corr", "mean_a", "mean_b",
-           "diff", "sd", "m", "interval", "level", "low", "high", "p", "p_adj", "p_tost", "p_tost_adj", "verdict",
-           "seeds_needed", "failures", "reason"]
-
-
-def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: float, power: float = 0.8,
-                  design: Design | None = None) -> pd.DataFrame:
-    """One row per step: the test, the interval its verdict is read from (points), p and Holm-adjusted p.
-
-    One look (no ``design``), within a family of m steps (untestable ones counted, never rejected):
-    helped/hurt by Holm at ``alpha`` on the two-sided p; equivalent by Holm at ``alpha`` on the TOST p
-    of all m steps, when not helped/hurt. ``p_adj`` and ``p_tost_adj`` are the Holm-adjusted p-values
-    (statsmodels ``multipletests``). The interval (``interval`` says which, ``level`` its nominal
-    two-sided coverage): for helped/hurt the difference's t-interval at 1 - a, a = the level Holm
-    tested its p at (it excludes 0 exactly when Holm rejects); for equivalent the TOST interval at
-    1 - 2 a' (within +-margin exactly when Holm rejects its TOST p); for undecided the wider of the
-    two, which holds 0 and reaches beyond the margin.
-    Sequential ``design``: Jennison & Turnbull's repeated confidence interval at the spending
-    boundary for alpha / m (Bonferroni), read by ``decide``; ``p_adj``/``p_tost_adj`` are NaN there
-    (fixed-sample p-values do not account for the optional stopping).
-    """
-    acc = {m: sel.kept[sel.kept["model"] == m] for m in sel.models}
-    fallback_sd = typical_std(sel)
-    rows = []
-    for family in FAMILIES:
-        mine = [s for s in steps if s.family == family]
-        m = len(mine)
-        tests, reasons = [], []
-        for s in mine:
-            ra, rb = acc[s.a], acc[s.b]
-            t = paired_or_welch(ra["accuracy"], rb["accuracy"], ra["seed"], rb["seed"], margin)
-            reason = ""
-            if min(t.n_a, t.n_b) < 2:
-                few = [f"{x} has {len(acc[x])} finished seed{'s' * (len(acc[x]) != 1)}"
-                       for x in (s.a, s.b) if len(acc[x]) < 2]
-                reason = (", ".join(few) or "fewer than 2 seeds") + " (need >= 2)"
-            elif math.isnan(t.se):
-                reason = "no seed-to-seed variance"
-            tests.append(t)
-            reasons.append(reason)
-        if design is None:
-            decided = _holm_intervals(tests, reasons, alpha, margin)
-        else:
-            decided = [_repeated_interval(t, r, design, m, margin) for t, r in zip(tests, reasons)]
-        for s, t, reason, d in zip(mine, tests, reasons, decided):
-            ra, rb = acc[s.a], acc[s.b]
-            sd = t.sd if t.sd > 0 else fallback_sd
-            need = None
-            if d["verdict"] == "undecided":
-                need = seeds_to_decide(t.diff, sd, margin, alpha / m, power, t.paired,
-                                       tost_alpha=alpha / m if design is None else None)
-            rows.append({"family": family, "a": s.a, "b": s.b, "change": s.change,
-                         "spec_a": sel.models[s.a].spec.describe(), "spec_b": sel.models[s.b].spec.describe(),
-                         "paired": t.paired, "n_a": t.n_a, "n_b": t.n_b, "corr": t.corr,
-                         "mean_a": float(ra["accuracy"].mean()), "mean_b": float(rb["accuracy"].mean()),
-                         "diff": t.diff, "sd": t.sd, "m": m, **d, "p": t.p, "p_tost": t.p_tost,
-                         "seeds_needed": need,
-                         "failures": "; ".join(x for x in (failure_text(sel, s.a), failure_text(sel, s.b)) if x),
-                         "reason": reason})
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    table["seeds_needed"] = table["seeds_needed"].astype("Int64")
-    return table
-
-
-NO_INTERVAL = {"interval": "", "level": math.nan, "low": math.nan, "high": math.nan}
-
-
-def _holm_intervals(tests: Sequence, reasons: Sequence[str], alpha: float, margin: float) -> list[dict]:
-    """One look: Holm on the difference p and, separately, on the TOST p; the interval each verdict uses."""
-    p_diff, p_eq = [], []
-    for t, reason in zip(tests, reasons):
-        if reason:
-            p_diff.append(math.nan)
-            p_eq.append(math.nan)
-        elif t.se == 0:  # the same difference on every seed: the interval is that point
-            p_diff.append(0.0 if t.diff != 0 else 1.0)
-            p_eq.append(0.0 if abs(t.diff) < margin else 1.0)
-        else:
-            p_diff.append(t.p)
-            p_eq.append(t.p_tost)
-    diff_holm, eq_holm = holm(p_diff, alpha), holm(p_eq, alpha)
-    out = []
-    for i, (t, reason) in enumerate(zip(tests, reasons)):
-        adj = {"p_adj": diff_holm.p_adj[i], "p_tost_adj": eq_holm.p_adj[i]}
-        if reason:
-            out.append({**NO_INTERVAL, **adj, "verdict": "undecided"})
-            continue
-        a_diff, a_eq = diff_holm.tested_at[i], eq_holm.tested_at[i]
-        half_diff = float(stats.t.isf(a_diff / 2, t.df)) * t.se if t.se > 0 else 0.0
-        half_eq = float(stats.t.isf(a_eq, t.df)) * t.se if t.se > 0 else 0.0
-        if diff_holm.rejected[i]:
-            verdict, shown = ("helped" if t.diff > 0 else "hurt"), "difference"
-        elif eq_holm.rejected[i]:
-            verdict, shown = "equivalent", "equivalence"
-        else:
-            verdict, shown = "undecided", "difference" if half_diff >= half_eq else "equivalence"
-        half, level = (half_diff, 1 - a_diff) if shown == "difference" else (half_eq, 1 - 2 * a_eq)
-        out.append({"interval": shown, "level": level, "low": t.diff - half, "high": t.diff + half, **adj,
-                    "verdict": verdict})
-    return out
-
-
-def _repeated_interval(t, reason: str, design: Design, m: int, margin: float) -> dict:
-    """Sequential: the repeated confidence interval at this look's boundary for alpha / m, and its verdict."""
-    nan_adj = {"p_adj": math.nan, "p_tost_adj": math.nan}
-    if reason:
-        return {**NO_INTERVAL, **nan_adj, "verdict": "undecided"}
-    z = design.z_boundary(min(t.n_a, t.n_b), m)
-    # identical differences on every seed (se 0, e.g. both at 100%): the interval is that point
-    half = float(t_critical(z, t.df)) * t.se if t.se > 0 else 0.0
-    low, high = t.diff - half, t.diff + half
-    return {"interval": "repeated", "level": 1 - 2 * float(stats.norm.sf(z)), "low": low, "high": high,
-            **nan_adj, "verdict": str(decide(low, high, margin))}
 
 
 @dataclass
@@ -210,6 +95,7 @@ class Report:
     n_test: int | None = None
     files: list[Path] = field(default_factory=list)
     parent_run_id: str | None = None  # where the files were logged
+    grown: dict[str, int] = field(default_factory=dict)  # family -> fewest seeds of an earlier look, if it grew
 
     def evidence(self) -> str:
         """``"n=30 finished runs: 6 models x 5 seeds; mnist, lr 0.1, batch 100, 3000 iters"``"""
@@ -225,26 +111,31 @@ class Report:
         return f"n={self.n_runs} finished runs: {n_models} model{'s' * (n_models != 1)} x {per}; {setup}"
 
     def verdict_lines(self) -> list[str]:
-        """``C -> D (add a layer): +0.76 pts [+0.52, +1.00] 99.3%, helped; paired n=5, r=0.41``"""
-        return [comparison_text(r, self.margin) for r in self.comparisons.itertuples()]
+        """``C -> D (add a layer): +0.76 pts [+0.52, +1.00] 99.3%, helped; new images [+0.40, +1.12] helped``"""
+        return [comparison_text(r) for r in self.comparisons.itertuples()]
 
     def answer_lines(self) -> list[str]:
         """The answer first: one sentence per step of every family (plain text, no markup)."""
-        return [answer_text(r, self.margin) for r in self.comparisons.itertuples()]
+        return [answer_text(r, self.margin, self.alpha) for r in self.comparisons.itertuples()]
 
     def verdict_header(self) -> str:
-        how = (f"sequential, {METHOD_NAME}; looks at {', '.join(map(str, self.design.looks()))} seeds"
-               if self.design else "Holm within each family: helped/hurt on the t-test p, equivalent on the TOST p, "
-               "each at alpha")
-        return (f"interval of the difference in final test accuracy that decides the verdict; family-wise "
-                f"alpha {self.alpha:g} ({how}); equivalent within +-{self.margin:g} pts")
+        rules = set(self.comparisons["rule"]) if len(self.comparisons) else {"holm"}
+        holm = ("Holm within each family: helped/hurt on the t-test p, equivalent on the TOST p, negligible on "
+                "both, each at alpha")
+        seq = f"sequential: {METHOD_NAME}" + (f"; looks at {', '.join(map(str, self.design.looks()))} seeds"
+                                               if self.design else "")
+        how = "; ".join(x for x, r in ((holm, "holm"), (seq, "sequential")) if r in rules)
+        return (f"interval of the difference in final test accuracy that decides the verdict on this test set; "
+                f"family-wise alpha {self.alpha:g} ({how}); equivalent within +-{self.margin:g} pts, negligible "
+                f"when also shown different from 0; 'new images' adds the test set's sampling error")
 
 
 def _interval(r) -> str:
-    """``[+0.52, +1.00] 98.3%``; a TOST interval (the equivalence test's) says so: ``[-0.10, +0.15] 96.7% TOST``"""
+    """``[+0.52, +1.00] 98.3%``; a TOST interval says so (``96.7% TOST``), a confidence sequence too (``CS``)"""
     if pd.isna(r.low):
         return "-"
-    return f"[{r.low:+.2f}, {r.high:+.2f}] {r.level:.1%}" + (" TOST" if r.interval == "equivalence" else "")
+    kind = {"equivalence": " TOST", "sequence": " CS"}.get(r.interval, "")
+    return f"[{r.low:+.2f}, {r.high:+.2f}] {r.level:.1%}{kind}"
 
 
 def _pairing(r) -> str:
@@ -253,32 +144,71 @@ def _pairing(r) -> str:
     return f"Welch {r.n_a} vs {r.n_b}"
 
 
-def comparison_text(r, margin: float) -> str:
+def _seeds(r) -> str:
+    """``~18 seeds (9-118 from the spread's 95% interval)``"""
+    if pd.isna(r.seeds_needed):
+        return "seeds to decide: unknown"
+    lo, hi = r.seeds_low, r.seeds_high
+    spread = "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" ({lo}-{hi} as the spread allows)"
+    return f"~{r.seeds_needed} seeds to decide{spread}"
+
+
+def scope_text(r, margin: float, alpha: float) -> str:
+    """What the new-images scope adds, where it differs: ``""`` when both scopes agree."""
+    if r.pop_verdict == UNAVAILABLE:
+        return ""
+    if r.pop_verdict == r.verdict:
+        return ""
+    if r.verdict == "undecided":
+        return f"on new images {r.pop_verdict}"
+    half = (r.pop_high - r.pop_low) / 2 if not pd.isna(r.pop_low) else math.nan
+    width = f" (+-{half:.2f} points)" if not pd.isna(half) else ""
+    text = f"holds on this test set; on new images {r.pop_verdict}{width}"
+    if r.pop_verdict == "undecided":
+        cannot = more_seeds_cannot_decide(r.diff, r.images_se, margin, alpha / r.m)
+        text = (f"holds on this test set; on new images the test set cannot tell{width}"
+                + (": more seeds will not decide it" if cannot else ": more seeds may decide it"))
+    return text
+
+
+def comparison_text(r) -> str:
     head = f"{r.a} -> {r.b} ({r.change}): {r.diff:+.2f} pts"
     if r.reason:
         text = f"{head}, undecided: {r.reason}"
     else:
         text = f"{head} {_interval(r)}, {r.verdict}; {_pairing(r)}"
         if r.verdict == "undecided":
-            text += f"; ~{r.seeds_needed} seeds to decide" if not pd.isna(r.seeds_needed) else \
-                "; seeds to decide: unknown"
+            text += f"; {_seeds(r)}"
+    if not pd.isna(r.pop_low):
+        text += f"; new images [{r.pop_low:+.2f}, {r.pop_high:+.2f}] {r.pop_verdict}"
+    elif r.pop_verdict == UNAVAILABLE and not r.reason:
+        text += "; new images: unavailable"
     if r.failures:
-        text += f"; {r.failures}"
+        text += f"; {r.failures}" + ("" if pd.isna(r.p_fail) or r.p_fail == 1 else f" (Fisher p {r.p_fail:.2g})")
     return text
 
 
-def answer_text(r, margin: float) -> str:
+def answer_text(r, margin: float, alpha: float = 0.05) -> str:
     """``"C -> D (add a layer): helped, +0.76 points (99.0% interval +0.52 to +1.00, 5 paired seeds)."``"""
-    kind = "TOST interval" if r.interval == "equivalence" else "interval"
+    kind = {"equivalence": "TOST interval", "sequence": "confidence sequence"}.get(r.interval, "interval")
     how = "" if pd.isna(r.low) else (f" ({r.level:.1%} {kind} {r.low:+.2f} to {r.high:+.2f}, "
                                      + (f"{r.n_a} paired seeds)" if r.paired else f"{r.n_a} vs {r.n_b} seeds)"))
     say = {"helped": f"helped, {r.diff:+.2f} points{how}",
            "hurt": f"hurt, {r.diff:+.2f} points{how}",
+           "negligible": f"negligible: {r.diff:+.2f} points, real but inside +-{margin:g}{how}",
            "equivalent": f"equivalent within +-{margin:g} points, {r.diff:+.2f}{how}",
            "undecided": f"undecided, {r.diff:+.2f} points{how}"}[r.verdict]
     if r.verdict == "undecided":
-        say += f": {r.reason}" if r.reason else (
-            f"; about {r.seeds_needed} seeds per model would decide it" if not pd.isna(r.seeds_needed) else "")
+        if r.reason:
+            say += f": {r.reason}"
+        elif not pd.isna(r.seeds_needed):
+            lo, hi = r.seeds_low, r.seeds_high
+            rng = "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" ({lo} to {hi}, as the spread allows)"
+            say += (f"; about {r.seeds_needed} seeds per model would decide it{rng}, or let "
+                    f"`ffnn compare --until-decided` add them and keep the error rate")
+    scope = scope_text(r, margin, alpha)
+    if scope:
+        say += f"; {scope}"
     if r.failures:
         say += f"; failures: {r.failures}"
     return f"{r.a} -> {r.b} ({r.change}): {say}."
@@ -306,14 +236,40 @@ def sequential_design(tracker: Tracker, exp_ids: Sequence[str]) -> Design | None
     return tags.pop()
 
 
-def analyse(runs: pd.DataFrame, cfg: ReportConfig, design: Design | None = None
-            ) -> tuple[Selection, pd.DataFrame, pd.DataFrame, float, float]:
-    """Selection, summary, comparisons, alpha and margin used; no I/O (the until-decided loop uses it too)."""
+@dataclass
+class Analysis:
+    sel: Selection
+    summary: pd.DataFrame
+    table: pd.DataFrame  # verdicts.COLUMNS
+    alpha: float
+    margin: float
+    grown: dict[str, int]  # family -> fewest seeds of an earlier look, for families decided sequentially for it
+    seeds: dict[str, int]  # seeds with an outcome, per model: this look
+
+
+def analyse(runs: pd.DataFrame, cfg: ReportConfig, design: Design | None = None,
+            looks: Sequence[dict] = ()) -> Analysis:
+    """Selection, summary and comparisons; no I/O (the until-decided loop uses it too).
+
+    ``looks``: the earlier reports' looks; a family with a step that grew since one of them is decided
+    by the confidence sequences (as every family is under a ``design``)."""
     sel = select_runs(runs, cfg.models)
     alpha, margin = (design.alpha, design.margin) if design else (cfg.alpha, cfg.margin)
     summary = summarise(sel, cfg.confidence)
-    table = compare_steps(sel, plan(sel.models), alpha, margin, cfg.power, design)
-    return sel, summary, table, alpha, margin
+    steps = plan(sel.models)
+    seeds = {m: sel.tried(m) for m in sel.models}
+    grown = {} if design else grown_steps(looks, [(s.family, s.a, s.b) for s in steps], seeds)
+    table = compare_steps(sel, steps, alpha, margin, cfg.power, design, frozenset(grown), cfg.confidence)
+    return Analysis(sel, summary, table, alpha, margin, grown, seeds)
+
+
+def record_look(tracker: Tracker, exp_ids: Sequence[str], result: Analysis) -> None:
+    """Append this look to each experiment's ``TAG_LOOKS`` (nothing when it saw what the last one saw)."""
+    for exp_id in exp_ids:
+        text = add_look(parse_looks(tracker.experiment_tags(exp_id).get(TAG_LOOKS)), result.seeds, result.alpha,
+                        result.margin)
+        if text is not None:
+            tracker.set_experiment_tags(exp_id, {TAG_LOOKS: text})
 
 
 def make_report(cfg: ReportConfig, tracking_uri: str | None = None) -> Report:
@@ -329,7 +285,9 @@ def make_report(cfg: ReportConfig, tracking_uri: str | None = None) -> Report:
     if runs.empty:
         raise ReportError(f"experiment {where} has no model runs; run `ffnn compare` first")
     design = sequential_design(tracker, exp_ids)
-    sel, summary, table, alpha, margin = analyse(runs, cfg, design)
+    looks = [x for e in exp_ids for x in parse_looks(tracker.experiment_tags(e).get(TAG_LOOKS))]
+    result = analyse(runs, cfg, design, looks)
+    sel, summary, table, alpha, margin = result.sel, result.summary, result.table, result.alpha, result.margin
     if sel.kept.empty:
         s = summary
         raise ReportError(f"experiment {where}: no finished runs to report on "
@@ -338,6 +296,21 @@ def make_report(cfg: ReportConfig, tracking_uri: str | None = None) -> Report:
     notes = list(sel.notes)
     if design and (alpha, margin) != (cfg.alpha, cfg.margin):
         notes.append(f"alpha {alpha:g} and margin {margin:g} pts are the --until-decided run's")
+    for family, n in result.grown.items():
+        notes.append(f"{family} family: the experiment grew since an earlier report at {n} seeds per model, so "
+                     f"the fixed-sample guarantee no longer holds; its verdicts come from anytime-valid confidence "
+                     f"sequences, valid at every look (counting the earlier fixed-sample look too, any wrong verdict "
+                     f"of the family over all looks has probability at most {2 * alpha:g})")
+    if len(table) and (table["pop_verdict"] == UNAVAILABLE).all() and not table["reason"].all():
+        notes.append("new-images scope unavailable: the runs carry no per-image record (logged before ffnn "
+                     "recorded them, or unpaired seeds); train into a new --experiment to have it")
+    if len(table) and table["reason"].astype(bool).all():
+        notes.append(f"no verdict is possible below {MIN_SEEDS} seeds per model, the fewest the rule needs "
+                     f"(see Method): add seeds with `ffnn compare --seeds {MIN_SEEDS}` or more")
+    try:
+        record_look(tracker, exp_ids, result)
+    except Exception as e:  # a read-only or lost store must not hide the report
+        notes.append(f"could not record this look on the experiment: {e}".splitlines()[0])
     datasets = set(summary["dataset"])
     n_test = None
     if len(datasets) == 1:
@@ -345,10 +318,11 @@ def make_report(cfg: ReportConfig, tracking_uri: str | None = None) -> Report:
             N_TEST.get(next(iter(datasets)))
     mean_acc = float(sel.kept["accuracy"].mean())
     report = Report(cfg, tracker.uri, summary, table, notes, len(sel.kept), cfg.out_dir, design, alpha, margin,
-                    typical_std(sel), binomial_se(mean_acc, n_test) if n_test else math.nan, n_test)
+                    typical_std(sel), binomial_se(mean_acc, n_test) if n_test else math.nan, n_test,
+                    grown=result.grown)
     figures = {}
     if {"png", "html"} & set(cfg.formats):
-        figures = render_plots(sel, histories(tracker, sel.kept), summary, cfg.confidence)
+        figures = render_plots(sel, histories(tracker, sel.kept), summary, cfg.confidence, table, margin)
     report.files = write_files(report, figures)
 
     kind = frame[RUN_COLUMNS["kind"]] if RUN_COLUMNS["kind"] in frame.columns else pd.Series("", index=frame.index)

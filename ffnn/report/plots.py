@@ -1,4 +1,5 @@
-"""The report's figures: accuracy curves, train loss, final accuracy per seed (matplotlib, no pyplot)."""
+"""The report's figures: the comparisons' forest plot, accuracy curves, train loss, final accuracy per seed
+(matplotlib, no pyplot)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import io
 from typing import Sequence
 
 import matplotlib
+import matplotlib.lines
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, no display; PNGs go through Agg
@@ -14,9 +16,13 @@ from scipy import stats
 from ..tracking import Tracker
 from .runs import Selection
 
-PLOTS = {"accuracy_curves.png": "Test accuracy vs iteration (mean over seeds, 95% band)",
+PLOTS = {"comparisons.png": "Each comparison's difference: the interval that decides it on this test set (thick) "
+                            "and on new images (thin), lines at 0 and +-margin, coloured by verdict",
+         "accuracy_curves.png": "Test accuracy vs iteration (mean over seeds, 95% band)",
          "train_loss.png": "Train loss vs iteration (smoothed, mean over seeds, 95% band)",
          "final_accuracy.png": "Final test accuracy per seed, with mean and 95% CI"}
+VERDICT_COLORS = {"helped": "#1a9850", "hurt": "#d73027", "negligible": "#7b3294", "equivalent": "#4575b4",
+                  "undecided": "#999999"}
 LOSS_SMOOTHING = 200  # steps per rolling mean of the logged train_loss points
 
 
@@ -55,14 +61,47 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def forest_plot(comparisons: pd.DataFrame, margin: float) -> bytes | None:
+    """One row per comparison (report.verdicts columns): difference, deciding and new-images intervals."""
+    if comparisons.empty:
+        return None
+    rows = comparisons.iloc[::-1].reset_index(drop=True)  # the first comparison on top
+    fig = Figure(figsize=(9, 1.2 + 0.45 * len(rows)))
+    ax = fig.subplots()
+    for i, r in rows.iterrows():
+        color = VERDICT_COLORS.get(r["verdict"], "#999999")
+        if not pd.isna(r["pop_low"]):
+            ax.plot([r["pop_low"], r["pop_high"]], [i, i], color=color, lw=1.2, alpha=0.7, zorder=2)
+        if not pd.isna(r["low"]):
+            ax.plot([r["low"], r["high"]], [i, i], color=color, lw=5, solid_capstyle="butt", zorder=3)
+        ax.plot(r["diff"], i, "o", color="black", ms=4, zorder=4)
+    for x, style in ((0, "-"), (-margin, "--"), (margin, "--")):
+        ax.axvline(x, color="#444444", lw=0.8, ls=style, zorder=1)
+    labels = [f"{r['a']} -> {r['b']} ({r['family']}): {r['verdict']}"
+              + ("" if r["pop_verdict"] in (r["verdict"], "unavailable") else f", new images {r['pop_verdict']}")
+              for _, r in rows.iterrows()]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    handles = [matplotlib.lines.Line2D([], [], color=c, lw=5, label=v) for v, c in VERDICT_COLORS.items()
+               if v in set(rows["verdict"])]
+    ax.legend(handles=handles, loc="best", fontsize=8)
+    ax.set(xlabel="difference in final test accuracy, b - a (points)",
+           title=f"Comparisons: deciding interval (thick), new images (thin); dashed: +-{margin:g} margin")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
 def render_plots(sel: Selection, curves: dict[str, pd.DataFrame], summary: pd.DataFrame,
-                 confidence: float = 0.95) -> dict[str, bytes]:
-    """The three figures as PNG bytes, keyed by file name (see PLOTS)."""
+                 confidence: float = 0.95, comparisons: pd.DataFrame | None = None,
+                 margin: float = 0.2) -> dict[str, bytes]:
+    """The figures as PNG bytes, keyed by file name (see PLOTS); the forest plot when there are comparisons."""
     names = list(sel.models)
     colors = _colors(names)
     label = {m: f"{m} ({sel.models[m].spec.describe()})" for m in names}
     pct = f"{confidence:.0%}"
     figs = {}
+    forest = forest_plot(comparisons, margin) if comparisons is not None else None
+    if forest is not None:
+        figs["comparisons.png"] = forest
 
     fig = Figure(figsize=(9, 5.5))
     ax = fig.subplots()

@@ -15,7 +15,7 @@ import pandas as pd
 from ..errors import UserError
 from ..models import N_CLASSES, REGISTRY, ModelSpec, SpecError, count_params, parse_hidden
 from ..tracking import RUN_COLUMNS
-from .stats import mean_ci
+from .stats import MIN_SEEDS, mean_ci
 
 TRAIN_FIELDS = ("lr", "batch_size", "iters", "dataset")  # what must match for a clean comparison
 # A FINISHED run at most this many points above chance (100 / classes) learned nothing: it collapsed
@@ -63,7 +63,7 @@ def tidy_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
     Columns: run_id, experiment_id, status, start_time, model, seed, hidden, activation, lr, batch_size,
     iters, dataset, spec, device_name, key, accuracy (percent), train_seconds, failure, failure_step,
-    parent_run_id.
+    parent_run_id, test_correct (``ffnn.bits`` text; empty for runs logged before it was recorded).
     """
     runs = frame[_column(frame, "kind", "") == "run"]
     out = pd.DataFrame({
@@ -83,6 +83,7 @@ def tidy_runs(frame: pd.DataFrame) -> pd.DataFrame:
         "failure": _column(runs, "failure", "").fillna(""),
         "failure_step": pd.to_numeric(_column(runs, "failure_step"), errors="coerce"),
         "parent_run_id": _column(runs, "parent_run_id"),
+        "test_correct": _column(runs, "test_correct", "").fillna(""),
     })
     out = out[out["model"].notna() & out["seed"].notna()].copy()
     out["seed"] = out["seed"].astype(int)
@@ -124,12 +125,14 @@ def outcome(status: str, accuracy: float, failure: str) -> str:
 
 
 FAILURES = ("diverged", "crashed", "collapsed")  # outcomes that count against a model
+CHANCE = 100 / N_CLASSES  # percent: what a failed (diverged or crashed) seed scores in a comparison
 
 
 @dataclass
 class Selection:
     kept: pd.DataFrame  # one ok FINISHED run per (model, seed): the runs the statistics use
-    outcomes: pd.DataFrame  # model, seed, outcome, accuracy, failure, failure_step: one row per (model, seed) tried
+    outcomes: pd.DataFrame  # model, seed, outcome, accuracy, failure, failure_step, test_correct: one row per
+    #                         (model, seed) tried
     models: dict[str, ModelInfo]  # in report order
     notes: list[str] = field(default_factory=list)
 
@@ -137,6 +140,16 @@ class Selection:
         """``{"diverged": 2}``: seeds of ``model`` by failing outcome (unfinished ones are not outcomes)."""
         mine = self.outcomes[self.outcomes["model"] == model]["outcome"]
         return {o: int((mine == o).sum()) for o in FAILURES if (mine == o).any()}
+
+    def scored(self, model: str) -> pd.DataFrame:
+        """Every seed of ``model`` with an outcome, as comparisons score it: columns seed, score, failed,
+        test_correct. ok and collapsed seeds score their accuracy; diverged and crashed ones CHANCE."""
+        mine = self.outcomes[(self.outcomes["model"] == model) & (self.outcomes["outcome"] != "unfinished")]
+        lost = mine["outcome"].isin(("diverged", "crashed"))
+        return pd.DataFrame({"seed": mine["seed"].to_numpy(int),
+                             "score": np.where(lost, CHANCE, mine["accuracy"].to_numpy(float)),
+                             "failed": mine["outcome"].isin(FAILURES).to_numpy(),
+                             "test_correct": mine["test_correct"].to_numpy(object)}).sort_values("seed")
 
     def tried(self, model: str) -> int:
         """Seeds of ``model`` with an outcome: ok or failed."""
@@ -189,14 +202,16 @@ def select_runs(runs: pd.DataFrame, models: Sequence[str] = ()) -> Selection:
     chosen = chosen.assign(outcome=[outcome(s, a, f) for s, a, f in
                                     zip(chosen["status"], chosen["accuracy"], chosen["failure"])])
     kept = chosen[chosen["outcome"] == "ok"].drop(columns="outcome").reset_index(drop=True)
-    outcomes = chosen[["model", "seed", "outcome", "accuracy", "failure", "failure_step"]].reset_index(drop=True)
+    outcomes = chosen[["model", "seed", "outcome", "accuracy", "failure", "failure_step", "test_correct"]
+                      ].reset_index(drop=True)
     sel = Selection(kept, outcomes, infos, notes)
     for name in infos:
         n = int((kept["model"] == name).sum())
         if n == 0:
             notes.append(f"{name}: no finished runs")
-        elif n < 2:
-            notes.append(f"{name}: only {n} finished seed; its comparisons are undecided")
+        elif n < MIN_SEEDS:
+            notes.append(f"{name}: only {n} finished seed{'s' * (n != 1)}; no verdict is possible below "
+                         f"{MIN_SEEDS} seeds per model (see Method)")
     n_unfinished = int((outcomes["outcome"] == "unfinished").sum())
     if n_unfinished:
         notes.append(f"{n_unfinished} unfinished run(s) (killed or still running) left out")

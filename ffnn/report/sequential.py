@@ -1,103 +1,82 @@
-"""Group-sequential decisions: repeated confidence intervals with alpha spending (pure numpy/scipy).
+"""Decisions that stay valid however often one looks: anytime-valid confidence sequences (pure numpy/scipy).
 
-The method: Jennison & Turnbull's repeated confidence intervals (RCIs; "Interim analyses: the
-repeated confidence interval approach", JRSS B 51, 1989) with Lan & DeMets' O'Brien-Fleming-type
-alpha-spending function (Biometrika 70, 1983), two-sided:
+The method: the confidence sequence of the one-sample t-test's mixture Bayes factor, Lai's (1976)
+"On confidence sequences" (Ann. Statist. 4, 265-280) construction as Wang & Ramdas (2023,
+"Anytime-valid t-tests and confidence sequences for Gaussian means with unknown variance",
+Sequential Analysis 42) give it; the Bayes factor is Goenen, Johnson, Lu & Westfall's (2005,
+Am. Stat. 59, 252-257) with a N(0, TAU2) prior on the standardized difference delta = mu / sigma
+and the right-Haar prior 1 / sigma on the scale:
 
-    alpha(t) = 4 - 4 Phi(z_{1 - alpha / 4} / sqrt(t)),  t = seeds / max_seeds,
+    BF_n(t) = (1 + n TAU2)^(-1/2) [(1 + t^2 / nu) / (1 + t^2 / (nu (1 + n TAU2)))]^((nu + 1) / 2),  nu = n - 1,
 
-i.e. alpha / 2 spent on each side as gsDesign's ``sfLDOF`` and rpact's ``asOF`` do.
-
-At look k the boundary c_k solves P(|Z_1| < c_1, ..., |Z_{k-1}| < c_{k-1}, |Z_k| >= c_k) =
-alpha(t_k) - alpha(t_{k-1}) for the z-statistics of Brownian motion at t_1 < t_2 < ...
-(Armitage, McPherson & Rowe's recursive integration, on a grid). The interval
-``diff +- c_k se`` then covers the true difference at every look at once with probability
->= 1 - alpha, so a verdict read from it at any look, the look where one stops included, errs with
-probability <= alpha whatever the stopping rule. With seeds unknown variance, c_k is carried to
-the t scale at the same nominal level (Jennison & Turnbull 2000, section 11.3): t_df quantile of
-Phi(c_k). Each comparison of a family of m gets alpha / m (Bonferroni): one error budget per
-interval, so every verdict of the family (helped, hurt, equivalent) is covered at once.
+with t the paired t statistic of a hypothesised difference. Under that hypothesis BF_n is a
+nonnegative martingale (Perez-Ortiz, Lardy, de Heide & Gruenwald 2024, "E-statistics, group
+invariance and anytime-valid testing", Ann. Statist.), so by Ville's inequality it ever exceeds
+1 / alpha with probability <= alpha. The differences it does not reject at level alpha form the
+interval ``diff +- t*_n se``: it covers the true difference at every n at once with probability
+>= 1 - alpha, so a verdict read from it at any look, the look one stops at or a look chosen after
+seeing the data, errs with probability <= alpha. No maximum number of seeds is planned. Each
+comparison of a family of m gets alpha / m (Bonferroni), so every verdict of the family is covered
+at once. TAU2 = 1 is the unit-information prior, fixed here, not fitted to any data.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
-from scipy import optimize, stats
 
-from .stats import decide
+from .stats import MIN_SEEDS, decide
 
-METHOD_NAME = ("repeated confidence intervals (Jennison & Turnbull 1989) with Lan-DeMets O'Brien-Fleming-type "
-               "alpha spending (Lan & DeMets 1983), Bonferroni over the comparisons of a family")
-GRID = 801  # points of the recursive integration's grid; boundaries are exact to ~1e-4
+METHOD_NAME = ("anytime-valid confidence sequences (the t-test mixture of Lai 1976; Wang & Ramdas 2023), "
+               "Bonferroni over the comparisons of a family")
+TAU2 = 1.0  # prior variance of the standardized difference: the unit-information prior
 
 
-def obf_spent(t: float | np.ndarray, alpha: float) -> np.ndarray:
-    """Two-sided alpha spent by information fraction ``t`` (Lan-DeMets O'Brien-Fleming type, per side).
+def cs_multiplier(n: int | np.ndarray, alpha: float, tau2: float = TAU2) -> np.ndarray:
+    """t*_n: the half-width of the level-``alpha`` confidence sequence at n seeds, in standard errors.
 
-    ``obf_spent(1.0, 0.05) == 0.05`` (all of it at the last look)
+    Solves BF_n(t) = 1 / alpha in closed form: with c = 1 + n tau2 and R = (c / alpha^2)^(1/n),
+    t^2 / nu = (R - 1) / (1 - R / c). Infinite where BF_n cannot reach 1 / alpha (too few seeds:
+    (1 + n tau2)^(nu / 2) < 1 / alpha) and below two seeds.
+    ``round(float(cs_multiplier(10, 0.05 / 7)), 2) == 5.61``
     """
-    t = np.clip(np.asarray(t, float), 1e-12, 1.0)
-    return 4 * stats.norm.sf(stats.norm.isf(alpha / 4) / np.sqrt(t))
+    n = np.asarray(n, float)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        c = 1 + n * tau2
+        r = np.exp((np.log(c) + 2 * math.log(1 / alpha)) / n)
+        u = (r - 1) / (1 - r / c)
+        return np.where((n >= 2) & (r < c), np.sqrt((n - 1) * u), np.inf)
 
 
-def z_boundaries(fractions: Sequence[float], alpha: float) -> np.ndarray:
-    """Two-sided z boundaries c_1..c_K at information fractions ``fractions`` (increasing, last <= 1).
+def log_bayes_factor(t: np.ndarray, n: int, tau2: float = TAU2) -> np.ndarray:
+    """log BF_n(t) of the module docstring (the tests check ``cs_multiplier`` against it)."""
+    t = np.asarray(t, float)
+    nu, c = n - 1, 1 + n * tau2
+    return -0.5 * math.log(c) + (nu + 1) / 2 * (np.log1p(t ** 2 / nu) - np.log1p(t ** 2 / (nu * c)))
 
-    ``z_boundaries([1.0], 0.05)`` -> ``[1.96]``; five equal looks give 4.877, 3.357, 2.680, 2.290, 2.031
-    (the gsDesign / rpact values).
+
+def cs_interval(diff: np.ndarray, se: np.ndarray, n: np.ndarray, alpha: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of the confidence sequence at n seeds; NaN where no interval exists.
+
+    Below MIN_SEEDS, and where the per-seed differences do not vary (se 0: the sequence would be a
+    point, certainty from a tie), there is no interval and so no verdict.
     """
-    t = np.asarray(fractions, float)
-    if len(t) == 0:
-        return np.array([])
-    if np.any(np.diff(t) <= 0) or t[0] <= 0 or t[-1] > 1 + 1e-12:
-        raise ValueError(f"information fractions must increase within (0, 1], got {list(t)}")
-    spent = obf_spent(t, alpha)
-    increments = np.diff(np.concatenate([[0.0], spent]))
-    c = np.empty(len(t))
-    c[0] = stats.norm.isf(max(increments[0], 1e-300) / 2)
-    # sub-density of the score S_1 = Z_1 sqrt(t_1) on the continuation region (-b, b), b = c sqrt(t)
-    b = c[0] * math.sqrt(t[0])
-    x = np.linspace(-b, b, GRID)
-    f = stats.norm.pdf(x, scale=math.sqrt(t[0]))
-    for k in range(1, len(t)):
-        w = _simpson(x)
-        s = math.sqrt(t[k] - t[k - 1])
-
-        def exit_prob(z: float) -> float:
-            bk = z * math.sqrt(t[k])
-            return float(np.sum(w * f * (stats.norm.cdf((-bk - x) / s) + stats.norm.sf((bk - x) / s))))
-
-        target = increments[k]
-        if exit_prob(0.0) <= target:
-            c[k] = 0.0
-        elif exit_prob(40.0) >= target:
-            c[k] = 40.0
-        else:
-            c[k] = optimize.brentq(lambda z: exit_prob(z) - target, 0.0, 40.0, xtol=1e-10)
-        bk = c[k] * math.sqrt(t[k])
-        new_x = np.linspace(-bk, bk, GRID)
-        f = (stats.norm.pdf((new_x[:, None] - x[None, :]) / s) / s) @ (w * f)
-        x = new_x
-    return c
-
-
-def _simpson(x: np.ndarray) -> np.ndarray:
-    """Simpson's weights on an odd-length uniform grid."""
-    h = x[1] - x[0]
-    w = np.ones(len(x))
-    w[1:-1:2], w[2:-1:2] = 4, 2
-    return w * h / 3
+    diff, se, n = (np.asarray(v, float) for v in (diff, se, n))
+    with np.errstate(invalid="ignore"):
+        half = cs_multiplier(np.maximum(n, 2), alpha) * se
+    ok = (n >= MIN_SEEDS) & (se > 0) & np.isfinite(half)
+    nan = np.full(np.broadcast(diff, se).shape, np.nan)
+    return np.where(ok, diff - half, nan), np.where(ok, diff + half, nan)
 
 
 @dataclass(frozen=True)
 class Design:
-    """The planned looks of ``--until-decided``: seeds added per round up to ``max_seeds``."""
+    """The looks of ``--until-decided``: seeds added per round, up to ``max_seeds``."""
     alpha: float = 0.05  # family-wise error rate of every verdict of a family
-    margin: float = 0.2  # points: |difference| below this is "equivalent"
+    margin: float = 0.2  # points: |difference| below this is "equivalent" (or "negligible" if real)
     round: int = 10  # seeds added per model per look
     max_seeds: int = 60  # the last look
 
@@ -113,48 +92,34 @@ class Design:
         n = min(n, self.max_seeds)
         return tuple(k for k in self.looks() if k < n) + (n,)
 
-    def z_boundary(self, n: int, m: int) -> float:
-        """Two-sided z boundary at an analysis of ``n`` seeds, for one of ``m`` comparisons."""
-        looks = self.looks_until(n)
-        return float(z_boundaries([k / self.max_seeds for k in looks], self.alpha / m)[-1])
 
+def simulate(diffs: np.ndarray, looks: tuple[int, ...], alpha: float, margin: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The --until-decided rule on simulated per-seed differences; (verdicts, seeds at the stop).
 
-def fixed_z(alpha: float, m: int) -> float:
-    """The one-look boundary: ``fixed_z(0.05, 1)`` -> 1.96."""
-    return float(stats.norm.isf(alpha / m / 2))
-
-
-def t_critical(z: float | np.ndarray, df: float | np.ndarray) -> np.ndarray:
-    """The t quantile with the same nominal one-sided level as ``z``: ``t_critical(1.96, 1e9)`` -> 1.96."""
-    return stats.t.isf(stats.norm.sf(z), df)
-
-
-def simulate(diffs: np.ndarray, design: Design) -> tuple[np.ndarray, np.ndarray]:
-    """Run the stopping rule on simulated paired differences; return (verdicts, seeds at stop).
-
-    ``diffs``: (experiments, max_seeds, m) per-seed differences mean(b) - mean(a) of the m comparisons
-    of one family. At each planned look every comparison gets its repeated confidence interval; the
-    experiment stops at the first look where all m are helped, hurt or equivalent, or at the last.
-    Verdicts: (experiments, m) strings read at the stopping look.
+    ``diffs``: (experiments, seeds, m) per-seed differences mean(b) - mean(a) of a family's m
+    comparisons. At each look every open comparison gets its confidence sequence at alpha / m; a
+    comparison keeps the verdict of the first look that decides it (its models stop training) and an
+    experiment stops when all m are decided, or at the last look. Verdicts: (experiments, m).
     """
     n_exp, n_max, m = diffs.shape
-    if n_max < design.max_seeds:
-        raise ValueError(f"need {design.max_seeds} seeds of differences, got {n_max}")
-    looks = design.looks()
-    z = z_boundaries([k / design.max_seeds for k in looks], design.alpha / m)
+    if n_max < looks[-1]:
+        raise ValueError(f"need {looks[-1]} seeds of differences, got {n_max}")
     csum, csq = np.cumsum(diffs, axis=1), np.cumsum(diffs ** 2, axis=1)
+    span = np.maximum.accumulate(diffs, axis=1) - np.minimum.accumulate(diffs, axis=1)
     verdicts = np.full((n_exp, m), "undecided", dtype=object)
-    stop = np.full(n_exp, looks[-1])
-    open_ = np.ones(n_exp, bool)
-    for n, zk in zip(looks, z):
+    stop = np.zeros(n_exp, int)  # 0: still training
+    open_ = np.ones((n_exp, m), bool)
+    for n in looks:
         mean = csum[:, n - 1] / n
-        var = np.maximum(csq[:, n - 1] - n * mean ** 2, 0) / (n - 1)
-        half = t_critical(zk, n - 1) * np.sqrt(var / n)
-        v = decide(mean - half, mean + half, design.margin)
-        verdicts[open_] = v[open_]
-        done = open_ & (v != "undecided").all(axis=1)
-        stop[done] = n
-        open_ &= ~done
+        var = np.maximum(csq[:, n - 1] - n * mean ** 2, 0) / max(n - 1, 1)
+        se = np.where(span[:, n - 1] > 1e-9, np.sqrt(var / n), 0.0)
+        low, high = cs_interval(mean, se, np.full(mean.shape, n), alpha / m)
+        v = decide(low, high, margin)
+        now = open_ & (v != "undecided")
+        verdicts[now] = v[now]
+        open_ &= ~now
+        stop[(stop == 0) & ~open_.any(axis=1)] = n
         if not open_.any():
             break
-    return verdicts, stop
+    return verdicts, np.where(stop == 0, looks[-1], stop)

@@ -1,0 +1,239 @@
+"""Families of comparisons -> verdicts at two scopes (this test set, new images), failures included.
+
+Each comparison ``a -> b`` scores every seed with an outcome (failed seeds at chance), tests the
+difference on the seeds both models share (Welch otherwise), and decides it one of two ways:
+- one fixed-sample look: Holm over the family on the t-test and TOST p-values (``stats.holm_verdicts``);
+- sequentially (``--until-decided``, or an experiment that grew since an earlier report): the
+  anytime-valid confidence sequence at alpha / m (``sequential``), each comparison keeping the verdict
+  of the first look that decided it.
+The new-images scope runs the same rule on the standard error that adds the test-image sampling term
+(``scope``), where every seed of both models has its per-image record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..bits import unpack_correct
+from ..models import N_CLASSES
+from .plan import FAMILIES, Step
+from .runs import Selection, failure_text, typical_std
+from .scope import new_images_se
+from .sequential import Design, cs_interval
+from .stats import MIN_SEEDS, Test, decide, failure_test, holm_verdicts, paired_or_welch, seeds_range
+
+COLUMNS = ["family", "a", "b", "change", "spec_a", "spec_b", "rule", "paired", "n_a", "n_b", "corr", "mean_a",
+           "mean_b", "diff", "sd", "m", "interval", "level", "low", "high", "look", "p", "p_adj", "p_tost",
+           "p_tost_adj", "verdict", "pop_se", "images_se", "pop_low", "pop_high", "pop_verdict", "fail_a", "fail_b",
+           "p_fail", "seeds_needed", "seeds_low", "seeds_high", "failures", "reason"]
+UNAVAILABLE = "unavailable"  # pop_verdict where a side lacks per-image records (runs logged before them)
+
+
+@dataclass(frozen=True)
+class _Side:
+    seeds: np.ndarray
+    score: np.ndarray
+    failed: np.ndarray
+    correct: list[str]
+
+
+def _side(sel: Selection, model: str) -> _Side:
+    s = sel.scored(model)
+    return _Side(s["seed"].to_numpy(int), s["score"].to_numpy(float), s["failed"].to_numpy(bool),
+                 list(s["test_correct"]))
+
+
+def _first(side: _Side, seeds: Sequence[int]) -> _Side:
+    keep = np.isin(side.seeds, seeds)
+    return _Side(side.seeds[keep], side.score[keep], side.failed[keep],
+                 [c for c, k in zip(side.correct, keep) if k])
+
+
+def _images(side: _Side, seeds: Sequence[int], failed: dict[int, bool]) -> np.ndarray | None:
+    """(n, N) per-image correctness for ``seeds`` (a failed seed: chance on every image); None if any lacks it."""
+    rows, by_seed = [], dict(zip(side.seeds.tolist(), side.correct))
+    for s in seeds:
+        text = by_seed.get(s) or ""
+        rows.append(None if failed[s] and not text else unpack_correct(text) if text else "missing")
+    if any(isinstance(r, str) for r in rows):
+        return None
+    width = {len(r) for r in rows if r is not None}
+    if len(width) != 1:
+        return None
+    big_n = width.pop()
+    return np.stack([r.astype(float) if r is not None else np.full(big_n, 1 / N_CLASSES) for r in rows])
+
+
+def _new_images(a: _Side, b: _Side, t: Test) -> tuple[float, float, float]:
+    """(se, df, images_se) of the new-images scope on the shared seeds; NaN when it cannot be had."""
+    if not t.paired:
+        return (math.nan, math.nan, math.nan)
+    shared = sorted(set(a.seeds.tolist()) & set(b.seeds.tolist()))
+    ca = _images(a, shared, dict(zip(a.seeds.tolist(), a.failed.tolist())))
+    cb = _images(b, shared, dict(zip(b.seeds.tolist(), b.failed.tolist())))
+    if ca is None or cb is None or ca.shape != cb.shape:
+        return (math.nan, math.nan, math.nan)
+    r = new_images_se(ca, cb)
+    return (r.se, r.df, r.images_se)
+
+
+def _test(a: _Side, b: _Side, margin: float) -> Test:
+    return paired_or_welch(a.score, b.score, a.seeds, b.seeds, margin)
+
+
+def _reason(a: str, b: str, t: Test) -> str:
+    if min(t.n_a, t.n_b) >= MIN_SEEDS:
+        return ""
+    if t.paired:
+        return f"{t.n_a} shared seeds: no verdict below {MIN_SEEDS} seeds per model"
+    few = [f"{x} has {n} seed{'s' * (n != 1)}" for x, n in ((a, t.n_a), (b, t.n_b)) if n < MIN_SEEDS]
+    return f"{', '.join(few)}: no verdict below {MIN_SEEDS} seeds per model"
+
+
+def _pop_p(diff: float, se: float, df: float, margin: float) -> tuple[float, float]:
+    if not se > 0 or math.isnan(df):
+        return (math.nan, math.nan)
+    p = 2 * stats.t.sf(abs(diff) / se, df)
+    p_tost = max(stats.t.sf((diff + margin) / se, df), stats.t.cdf((diff - margin) / se, df))
+    return (float(p), float(p_tost))
+
+
+def _guard(verdict: str, fail_a: float, fail_b: float, p_fail: float, alpha: float) -> str:
+    """A side that fails significantly more often (Fisher, unadjusted alpha) is never the one that did better."""
+    if not p_fail < alpha:
+        return verdict
+    if (verdict == "helped" and fail_b > fail_a) or (verdict == "hurt" and fail_a > fail_b):
+        return "undecided"
+    return verdict
+
+
+def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: float, power: float = 0.8,
+                  design: Design | None = None, sequential: frozenset[str] = frozenset(),
+                  confidence: float = 0.95) -> pd.DataFrame:
+    """One row per step (COLUMNS): both scopes' intervals and verdicts, the failure test, seeds to decide.
+
+    Families in ``sequential`` (all of them under a ``design``) use the confidence sequences; the
+    others one fixed-sample look with Holm.
+    """
+    fallback_sd = typical_std(sel)
+    sides = {m: _side(sel, m) for m in sel.models}
+    rows = []
+    for family in FAMILIES:
+        mine = [s for s in steps if s.family == family]
+        if not mine:
+            continue
+        m = len(mine)
+        seq = design is not None or family in sequential
+        tests = [_test(sides[s.a], sides[s.b], margin) for s in mine]
+        reasons = [_reason(s.a, s.b, t) for s, t in zip(mine, tests)]
+        looks = [t.n_a if t.paired else min(t.n_a, t.n_b) for t in tests]
+        if seq:
+            decided = []
+            for i, (s, t) in enumerate(zip(mine, tests)):
+                row, look, tests[i] = _sequential(sides[s.a], sides[s.b], t, design, alpha / m, margin)
+                decided.append(row)
+                looks[i] = look
+        else:
+            p = np.array([t.p if not r else np.nan for t, r in zip(tests, reasons)])
+            p_tost = np.array([t.p_tost if not r else np.nan for t, r in zip(tests, reasons)])
+            h = holm_verdicts(np.array([t.diff for t in tests]), np.array([t.se for t in tests]),
+                              np.array([t.df for t in tests]), p, p_tost, alpha, margin)
+            decided = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in h.items()} for i in range(m)]
+        pops = [_new_images(sides[s.a], sides[s.b], t) for s, t in zip(mine, tests)]
+        pop = _pop_decisions(tests, reasons, pops, decided, seq, alpha, margin, m)
+        for i, (s, t, reason, d) in enumerate(zip(mine, tests, reasons, decided)):
+            a, b = sides[s.a], sides[s.b]
+            fa, fb = float(a.failed.mean()) if len(a.failed) else math.nan, \
+                float(b.failed.mean()) if len(b.failed) else math.nan
+            p_fail = failure_test(int(a.failed.sum()), len(a.failed), int(b.failed.sum()), len(b.failed))
+            verdict = _guard(str(d["verdict"]), fa, fb, p_fail, alpha)
+            pop_verdict = pop[i]["pop_verdict"]
+            if pop_verdict != UNAVAILABLE:
+                pop_verdict = _guard(pop_verdict, fa, fb, p_fail, alpha)
+            if verdict != d["verdict"]:
+                worse = s.b if fb > fa else s.a
+                reason = (f"{worse} fails more often ({int(b.failed.sum() if worse == s.b else a.failed.sum())} of "
+                          f"{len(b.failed) if worse == s.b else len(a.failed)} seeds, Fisher p {p_fail:.2g})")
+            sd = t.sd if t.sd > 0 else fallback_sd
+            need = (None, None, None)
+            if verdict == "undecided" and not (seq and design is not None):
+                n_obs = t.n_a if t.paired else min(t.n_a, t.n_b)
+                need = seeds_range(t.diff, sd, max(n_obs, 2), margin, alpha / m, power, t.paired, confidence)
+            rows.append({"family": family, "a": s.a, "b": s.b, "change": s.change,
+                         "spec_a": sel.models[s.a].spec.describe(), "spec_b": sel.models[s.b].spec.describe(),
+                         "rule": "sequential" if seq else "holm", "paired": t.paired, "n_a": t.n_a, "n_b": t.n_b,
+                         "corr": t.corr, "mean_a": float(np.mean(a.score)) if len(a.score) else math.nan,
+                         "mean_b": float(np.mean(b.score)) if len(b.score) else math.nan,
+                         "diff": t.diff, "sd": t.sd, "m": m, **{k: d[k] for k in ("interval", "level", "low", "high")},
+                         "look": looks[i], "p": t.p, "p_adj": d["p_adj"], "p_tost": t.p_tost,
+                         "p_tost_adj": d["p_tost_adj"], "verdict": verdict,
+                         "pop_se": pops[i][0], "images_se": pops[i][2], **pop[i], "pop_verdict": pop_verdict,
+                         "fail_a": int(a.failed.sum()), "fail_b": int(b.failed.sum()), "p_fail": p_fail,
+                         "seeds_needed": need[1], "seeds_low": need[0], "seeds_high": need[2],
+                         "failures": "; ".join(x for x in (failure_text(sel, s.a), failure_text(sel, s.b)) if x),
+                         "reason": reason if verdict == "undecided" else ""})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    for c in ("seeds_needed", "seeds_low", "seeds_high"):
+        table[c] = table[c].astype("Int64")
+    return table
+
+
+def _sequential(a: _Side, b: _Side, t: Test, design: Design | None, alpha_each: float, margin: float
+                ) -> tuple[dict, int, Test]:
+    """The first look that decides (the design's looks up to the seeds present, else just this one)."""
+    n_now = t.n_a if t.paired else min(t.n_a, t.n_b)
+    looks = design.looks_until(n_now) if design is not None else (n_now,)
+    shared = sorted(set(a.seeds.tolist()) & set(b.seeds.tolist())) if t.paired else None
+    row: dict = {}
+    for k in looks:
+        if t.paired and k < n_now:
+            tk = _test(_first(a, shared[:k]), _first(b, shared[:k]), margin)
+        else:
+            tk, k = t, n_now
+        low, high = (float(v) for v in cs_interval(tk.diff, tk.se, min(tk.n_a, tk.n_b), alpha_each))
+        verdict = str(decide(low, high, margin))
+        row = {"interval": "sequence" if not math.isnan(low) else "", "level": 1 - alpha_each,
+               "low": low, "high": high, "p_adj": math.nan, "p_tost_adj": math.nan, "verdict": verdict}
+        if verdict != "undecided":
+            return row, k, tk
+    return row, n_now, t
+
+
+def _pop_decisions(tests: list[Test], reasons: list[str], pops: list[tuple[float, float, float]],
+                   decided: list[dict], seq: bool, alpha: float, margin: float, m: int) -> list[dict]:
+    """The new-images scope: the same rule as the deciding one, on the new-images standard error."""
+    out = [{"pop_low": math.nan, "pop_high": math.nan, "pop_verdict": UNAVAILABLE} for _ in tests]
+    have = [i for i, (p, r) in enumerate(zip(pops, reasons)) if not r and p[0] > 0 and not math.isnan(p[1])]
+    if seq:
+        for i in have:
+            t, (se, _, _) = tests[i], pops[i]
+            low, high = (float(v) for v in cs_interval(t.diff, se, min(t.n_a, t.n_b), alpha / m))
+            out[i] = {"pop_low": low, "pop_high": high, "pop_verdict": str(decide(low, high, margin))}
+        return out
+    ps = [_pop_p(tests[i].diff, pops[i][0], pops[i][1], margin) if i in have else (math.nan, math.nan)
+          for i in range(len(tests))]
+    h = holm_verdicts(np.array([t.diff for t in tests]), np.array([p[0] for p in pops]),
+                      np.array([p[1] for p in pops]), np.array([p[0] for p in ps]), np.array([p[1] for p in ps]),
+                      alpha, margin)
+    for i in have:
+        out[i] = {"pop_low": float(h["low"][i]), "pop_high": float(h["high"][i]), "pop_verdict": str(h["verdict"][i])}
+    return out
+
+
+def more_seeds_cannot_decide(diff: float, images_se: float, margin: float, alpha_each: float) -> bool:
+    """On new images, would the test-image term alone keep a comparison undecided at any number of seeds?
+
+    With infinitely many seeds the new-images standard error falls to ``images_se``: neither the
+    difference from 0 nor the one from the margin could then be shown at ``alpha_each``.
+    ``more_seeds_cannot_decide(0.1, 0.14, 0.2, 0.05 / 7) is True``
+    """
+    if math.isnan(images_se) or not images_se > 0:
+        return False
+    return bool(abs(diff) < stats.norm.isf(alpha_each / 2) * images_se
+                and margin - abs(diff) < stats.norm.isf(alpha_each) * images_se)
