@@ -81,8 +81,9 @@ def method_text(report: Report) -> list[str]:
         f"from each run's per-image record (which test images its final network got right) and the two-way "
         f"crossed random-effects decomposition seeds x images, Var = (MS_seed + MS_image - MS_resid) / (n N) "
         f"(S. R. Searle, G. Casella and C. E. McCulloch, Variance Components, Wiley 1992; X. Bouthillier et al., "
-        f"Accounting for variance in machine learning benchmarks, MLSys 2021), with Welch-Satterthwaite degrees "
-        f"of freedom. Where the scopes disagree the answer says so; where the test-image term alone would keep a "
+        f"Accounting for variance in machine learning benchmarks, MLSys 2021), with the seeds' n - 1 degrees "
+        f"of freedom (conservative: Welch-Satterthwaite's would be larger, and could make the wider error's "
+        f"interval the narrower one). Where the scopes disagree the answer says so; where the test-image term alone would keep a "
         f"comparison undecided at any number of seeds it says more seeds will not decide it. Runs logged without "
         f"per-image records have no new-images scope (unavailable). {se}",
         f"Each comparison a -> b estimates mean(b) - mean(a) of the final test accuracy, in points. Seeds pair by "

@@ -13,7 +13,8 @@ estimated without bias from the two-way ANOVA mean squares (MS_seed + MS_image -
 set as a source of variance as in X. Bouthillier et al., Accounting for variance in machine learning
 benchmarks, MLSys 2021). MS_seed / (n N) is exactly the paired t-test's squared standard error, so
 the new-images variance is that plus (MS_image - MS_resid) / (n N), the test-image term, kept >= 0.
-Degrees of freedom: Welch-Satterthwaite over the two terms. The tests check it against Owen's
+Degrees of freedom: Welch-Satterthwaite over the two terms (the report uses the seeds' n - 1 instead,
+the conservative choice). The tests check it against Owen's
 pigeonhole (two-way) bootstrap (A. B. Owen, Ann. Appl. Stat. 1, 2007, 386-411).
 """
 

@@ -80,7 +80,9 @@ def _new_images(a: _Side, b: _Side, t: Test) -> tuple[float, float, float]:
     if ca is None or cb is None or ca.shape != cb.shape:
         return (math.nan, math.nan, math.nan)
     r = new_images_se(ca, cb)
-    return (r.se, r.df, r.images_se)
+    # the seeds' n - 1 degrees of freedom, not Satterthwaite's larger ones: the new-images interval then
+    # always contains this test set's (a larger error never gives a narrower interval)
+    return (r.se, t.df, r.images_se)
 
 
 def _test(a: _Side, b: _Side, margin: float) -> Test:
