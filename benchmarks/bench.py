@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torchvision.datasets as dsets
@@ -81,13 +82,18 @@ def tutorial_way(root: str) -> float:
     return seconds
 
 
-def compare(data_dir: str, tmp: str, *argv: str) -> tuple[float, dict]:
-    """Run ``ffnn compare ARGV`` in ``tmp``; its wall time and its comparison's parent-run metrics."""
+def compare(data_dir: str, tmp: str, *argv: str, show: Callable[[str], bool] = lambda line: False
+            ) -> tuple[float, dict]:
+    """Run ``ffnn compare ARGV`` in ``tmp``; its wall time and its comparison's parent-run metrics.
+    The lines of its output that ``show`` picks are printed after it ends."""
     cmd = [sys.executable, "-m", "ffnn", "compare", "--data-dir", str(Path(data_dir).resolve()),
            "--config", str(Path("experiments/compare.toml").resolve()), *argv]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp, text=True).stdout
     wall = time.perf_counter() - start
+    for line in out.splitlines():
+        if show(line):
+            print(line)
     tracker = Tracker.open(f"sqlite:///{tmp}/mlruns/mlflow.db")
     exp = tracker.experiment_id("compare", create=False)
     parents = tracker.search(exp, f"tags.`{TAG_KIND}` = 'comparison'")
@@ -101,7 +107,9 @@ def until_decided(data_dir: str, dataset: str) -> None:
     """``ffnn compare --until-decided`` as a user types it, in a fresh store: runs trained, wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         extra = [] if dataset == "mnist" else ["--dataset", "fashion-mnist"]
-        wall, _ = compare(data_dir, tmp, "--until-decided", *extra)
+        wall, _ = compare(data_dir, tmp, "--until-decided", *extra,
+                          show=lambda line: line.startswith(("--until-decided:", "  ")) and " pts" in line
+                          or line.startswith("--until-decided:"))
         tracker = Tracker.open(f"sqlite:///{tmp}/mlruns/mlflow.db")
         exp = tracker.experiment_id("compare", create=False)
         runs = tracker.search(exp, f"tags.`{TAG_KIND}` = 'run' and attributes.status = 'FINISHED'")

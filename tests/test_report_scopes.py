@@ -93,7 +93,7 @@ def test_each_report_records_its_look_and_a_grown_experiment_switches_to_the_seq
             _log(tracker, exp_id, parent, model, seed, _bits(rng, acc, hard, shift))
     tracker.end_run(parent)
     grown = make_report(ReportConfig(experiments=("grow",), out=tmp_path / "3", formats=("csv",)), uri)
-    assert grown.grown == {"tutorial": 5} and set(grown.comparisons["rule"]) == {"sequential"}
+    assert grown.grown == {"tutorial": 5} and set(grown.comparisons["rule"]) == {"anytime"}
     assert set(grown.comparisons["interval"]) == {"sequence"}
     assert any("fixed-sample guarantee no longer holds" in n for n in grown.notes)
     assert len(json.loads(tracker.experiment_tags(exp_id)[TAG_LOOKS])) == 2
@@ -121,3 +121,25 @@ def test_a_real_difference_inside_the_margin_is_negligible_not_helped(uri, tmp_p
     r = rep.comparisons.iloc[0]
     assert r["verdict"] == "negligible" and 0 < r["low"] and r["high"] < 0.2 and r["interval"] == "equivalence"
     assert "negligible: +0.1" in rep.answer_lines()[0] and "real but inside +-0.2" in rep.answer_lines()[0]
+
+
+def test_a_side_that_fails_more_often_is_never_the_one_that_helped(uri, tmp_path):
+    """D trains to 95 % on 12 of 30 seeds and crashes on 18; C always ends near 20 %. Scored at chance, D's
+    failures still leave it ahead on average (the t-test alone says helped), but it fails far more often."""
+    tracker = Tracker.open(uri)
+    exp_id = tracker.experiment_id("fails")
+    parent = tracker.start_run(exp_id, "compare", {}, {"ffnn.kind": "comparison"})
+    rng = np.random.default_rng(3)
+    for seed in range(30):
+        log_run(tracker, exp_id, parent, "C", seed, round(20 + rng.normal(0, 0.5), 2))
+        if seed < 18:
+            log_run(tracker, exp_id, parent, "D", seed, None, "FAILED", "training failed: out of memory")
+        else:
+            log_run(tracker, exp_id, parent, "D", seed, round(95 + rng.normal(0, 0.2), 2))
+    tracker.end_run(parent)
+    rep = make_report(ReportConfig(experiments=("fails",), out=tmp_path, formats=("csv",)), uri)
+    r = rep.comparisons.iloc[0]
+    assert r["p_adj"] < 0.05 and r["low"] > 0  # the scores alone would read "helped"
+    assert (r["fail_a"], r["fail_b"]) == (0, 18) and r["p_fail"] < 1e-6
+    assert r["verdict"] == "undecided" and r["reason"].startswith("D fails more often (18 of 30 seeds, Fisher p")
+    assert r["mean_b"] == pytest.approx((18 * 10 + sum(rep.summary.set_index("model").loc["D", ["mean"]]) * 12) / 30)

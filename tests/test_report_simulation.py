@@ -1,5 +1,6 @@
 """The verdict rules by simulation: thousands of synthetic experiments, pure numpy, through the report's
-own decision functions (``stats.paired_pvalues`` + ``stats.holm_verdicts``; ``sequential.simulate``).
+own decision functions (one look: ``stats.paired_pvalues`` + ``stats.holm_verdicts``; --until-decided:
+``spending.simulate``; a grown experiment: ``sequential.cs_multiplier``).
 
 Accuracies per seed of the six tutorial models share a seed effect (per-seed correlation rho) and are
 rounded to 0.01 points, as 10,000 test images round them, so the seven comparisons of the tutorial
@@ -13,7 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from ffnn.report.sequential import Design, cs_multiplier, simulate
+from ffnn.report.sequential import Design, cs_multiplier
+from ffnn.report.spending import simulate
 from ffnn.report.stats import MIN_SEEDS, holm_verdicts, paired_pvalues
 
 CHAIN = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 3), (1, 3)]  # LR->A, A->B, B->C, C->D, D->E, LR->C, A->C
@@ -92,8 +94,16 @@ def test_sequential_rule_keeps_alpha_at_every_round(round_):
     rng = np.random.default_rng(100 + round_)
     design = Design(ALPHA, MARGIN, round_, 60)
     for sigma in (0.05, 0.15, 0.3):
-        v, _ = simulate(chain_diffs(rng, [0.0] * 6, 60, sigma), design.looks(), ALPHA, MARGIN)
+        v, _ = simulate(chain_diffs(rng, [0.0] * 6, 60, sigma), design)
         assert np.isin(v, REAL).any(axis=1).mean() <= ALPHA + MC, (round_, sigma)
+
+
+def test_sequential_rule_rarely_calls_a_difference_at_the_margin_equivalent():
+    rng = np.random.default_rng(12)
+    for step in (MARGIN, -MARGIN):
+        d = chain_diffs(rng, [0.0, step, 2 * step, 3 * step, 4 * step, 5 * step], 60, 0.15)
+        v, _ = simulate(d, Design(ALPHA, MARGIN, 10, 60))
+        assert np.isin(v[:, :5], ["equivalent", "negligible"]).any(axis=1).mean() <= ALPHA + MC, step
 
 
 def test_peeking_with_fixed_sample_intervals_breaks_alpha_so_the_check_can_fail():
@@ -103,7 +113,7 @@ def test_peeking_with_fixed_sample_intervals_breaks_alpha_so_the_check_can_fail(
     for n in Design(ALPHA, 1e-9, 2, 60).looks():
         naive |= np.isin(fixed_verdicts(d[:, :n]), REAL)[:, 0]
     assert naive.mean() > ALPHA + MC
-    v, _ = simulate(d, Design(ALPHA, 1e-9, 2, 60).looks(), ALPHA, 1e-9)
+    v, _ = simulate(d, Design(ALPHA, 1e-9, 2, 60))
     assert np.isin(v, REAL).mean() <= ALPHA + MC
 
 
@@ -125,7 +135,7 @@ def test_confidence_sequence_covers_the_truth_at_every_n_at_once():
 def test_a_true_difference_of_0_3_points_is_decided_within_the_default_cap():
     rng = np.random.default_rng(4)
     design = Design()
-    v, stop = simulate(rng.normal(0.3, 0.15, (N_EXP, design.max_seeds, 7)), design.looks(), ALPHA, MARGIN)
+    v, stop = simulate(rng.normal(0.3, 0.15, (N_EXP, design.max_seeds, 7)), design)
     assert (v != "undecided").all(axis=1).mean() >= 0.95 and (v == "helped").mean() >= 0.95
     assert stop.mean() < design.max_seeds
 
@@ -134,5 +144,17 @@ def test_simulate_keeps_the_first_deciding_look_and_stops_when_all_are_decided()
     d = np.zeros((1, 20, 2))
     d[0, :, 0] = 5 + np.sin(np.arange(20))  # huge: helped at the first look
     d[0, :, 1] = 0.01 * np.cos(np.arange(20))  # tiny: equivalent
-    verdicts, stop = simulate(d, (10, 20), ALPHA, MARGIN)
+    verdicts, stop = simulate(d, Design(ALPHA, MARGIN, 10, 20))
     assert verdicts.tolist() == [["helped", "equivalent"]] and stop.tolist() == [10]
+
+
+def test_large_effects_are_decided_at_the_first_look_and_holm_passes_alpha_on():
+    """A -> B-sized effects are decided at the first look (10 seeds); once they are, the small open
+    comparison is tested at alpha / 1, not alpha / 7: more often decided than with Bonferroni's fixed share."""
+    rng = np.random.default_rng(6)
+    d = rng.normal([3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 0.2], 0.3, (N_EXP, 60, 7))
+    v, stop = simulate(d, Design())
+    assert (v[:, :6] == "helped").all() and (stop >= 10).all()
+    alone = simulate(d[..., 6:], Design())[0]  # a family of one: the most alpha it can have
+    together = (v[:, 6] != "undecided").mean()
+    assert together == pytest.approx((alone[:, 0] != "undecided").mean(), abs=0.03) and together > 0.5

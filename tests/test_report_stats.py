@@ -14,9 +14,10 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
-from ffnn.report import scope, sequential
+from ffnn.report import looks, scope, sequential, spending
 from ffnn.report.scope import new_images_se, pigeonhole_bootstrap_se
 from ffnn.report.sequential import Design, cs_interval, cs_multiplier, log_bayes_factor
+from ffnn.report.spending import spent, t_critical, z_boundaries
 from ffnn.report.stats import (binomial_se, decide, failure_test, holm, mean_ci, paired_or_welch, paired_pvalues,
                                seeds_range, seeds_to_decide, sd_interval, tost_power)
 
@@ -168,6 +169,17 @@ def test_cs_multiplier_solves_the_bayes_factor_threshold():
     assert low[0] < 0.5 < high[0] and np.isnan(low[1:]).all()  # a tie or two seeds: no interval
 
 
+def test_spending_boundaries_spend_alpha_t_squared_on_brownian_motion():
+    rng = np.random.default_rng(0)
+    t = np.array([0.25, 0.5, 0.6, 1.0])
+    c = z_boundaries(t, 0.05)
+    s = np.cumsum(rng.standard_normal((200_000, 4)) * np.sqrt(np.diff(t, prepend=0)), axis=1)
+    crossed = np.logical_or.accumulate(np.abs(s / np.sqrt(t)) >= c, axis=1).mean(axis=0)
+    assert crossed == pytest.approx(spent(t, 0.05), abs=3 * math.sqrt(0.05 * 0.95 / 200_000))
+    assert z_boundaries([1.0], 0.05) == pytest.approx([1.95996], abs=1e-5)
+    assert t_critical(1.959964, 1e9) == pytest.approx(1.959964, abs=1e-4) and t_critical(2.0, 5) > 2.0
+
+
 def test_design_looks():
     d = Design(round=10, max_seeds=25)
     assert d.looks() == (10, 20, 25) and d.looks_until(15) == (10, 15) and d.looks_until(25) == (10, 20, 25)
@@ -198,7 +210,7 @@ def test_new_images_se_matches_the_pigeonhole_bootstrap_and_the_true_spread():
 
 
 def test_stats_and_sequential_import_neither_pandas_nor_mlflow():
-    for module in (sequential, scope, __import__("ffnn.report.stats", fromlist=["x"])):
+    for module in (sequential, scope, spending, looks, __import__("ffnn.report.stats", fromlist=["x"])):
         tree = ast.parse(Path(module.__file__).read_text())
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

@@ -11,7 +11,8 @@ from ffnn import cli
 from ffnn.report.build import design_from_tag
 from ffnn import until_decided as ud
 from ffnn.config import CompareConfig
-from ffnn.report.sequential import Design, cs_multiplier
+from ffnn.report.sequential import Design
+from ffnn.report.spending import t_critical, z_boundaries
 from ffnn.tracking import TAG_SEQUENTIAL, Tracker
 
 
@@ -35,15 +36,17 @@ def test_until_decided_trains_in_rounds_records_the_design_and_resumes(tiny, tmp
     last = 4 if "look at 4 seeds" in captured.err else 2
     assert seeds == sorted((m, s) for m in ("LR", "C") for s in range(last))
     assert f"--until-decided: {2 * last} runs (LR {last}, C {last} seeds)" in captured.out
-    assert "sequential: anytime-valid confidence sequences" in captured.out  # the report used the same rule
+    assert "--until-decided: repeated confidence intervals" in captured.out  # the report used the same rule
     table = pd.read_csv(tmp_path / "reports" / "seq" / "comparisons.csv")
-    assert table[["a", "b", "family", "rule"]].values.tolist() == [["LR", "C", "tutorial", "sequential"]]
-    # the confidence sequence at the analysed number of seeds, wider than the one-look 95% interval
+    assert table[["a", "b", "family", "rule"]].values.tolist() == [["LR", "C", "tutorial", "spending"]]
+    # the spending boundary at the analysed number of seeds (m = 1), wider than the one-look 95% interval
     r = table.iloc[0]
     if not pd.isna(r["low"]):
-        half = float(cs_multiplier(int(r["n_a"]), 0.05)) * (r["sd"] / np.sqrt(r["n_a"]))
+        looks = Design(0.05, 0.2, 2, 4).looks_until(int(r["n_a"]))
+        z = z_boundaries([k / 4 for k in looks], 0.05 if r["interval"] == "repeated" else 0.1)[-1]
+        assert r["level"] == pytest.approx(1 - 2 * stats.norm.sf(z)) and r["level"] > 0.95
+        half = float(t_critical(z, r["n_a"] - 1)) * r["sd"] / np.sqrt(r["n_a"])
         assert (r["low"], r["high"]) == pytest.approx((r["diff"] - half, r["diff"] + half))
-        assert half > stats.t.isf(0.025, r["n_a"] - 1) * r["sd"] / np.sqrt(r["n_a"])
 
     assert cli.main(_argv(tmp_path, uri, "--no-report")) == 0  # resumes: nothing left to train
     err = capsys.readouterr().err

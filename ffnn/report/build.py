@@ -22,6 +22,7 @@ from .looks import add_look, grown_steps, parse_looks
 from .plan import plan
 from .runs import TRAIN_FIELDS, ReportError, Selection, select_runs, summarise, tidy_runs, typical_std
 from .sequential import METHOD_NAME, Design
+from .spending import METHOD_NAME as SPENDING_NAME
 from .stats import MIN_SEEDS, binomial_se
 from .verdicts import UNAVAILABLE, compare_steps, more_seeds_cannot_decide
 
@@ -122,9 +123,10 @@ class Report:
         rules = set(self.comparisons["rule"]) if len(self.comparisons) else {"holm"}
         holm = ("Holm within each family: helped/hurt on the t-test p, equivalent on the TOST p, negligible on "
                 "both, each at alpha")
-        seq = f"sequential: {METHOD_NAME}" + (f"; looks at {', '.join(map(str, self.design.looks()))} seeds"
-                                               if self.design else "")
-        how = "; ".join(x for x, r in ((holm, "holm"), (seq, "sequential")) if r in rules)
+        spend = f"--until-decided: {SPENDING_NAME}" + (f"; looks at {', '.join(map(str, self.design.looks()))} seeds"
+                                                        if self.design else "")
+        anytime = f"grown since an earlier report: {METHOD_NAME}"
+        how = "; ".join(x for x, r in ((holm, "holm"), (spend, "spending"), (anytime, "anytime")) if r in rules)
         return (f"interval of the difference in final test accuracy that decides the verdict on this test set; "
                 f"family-wise alpha {self.alpha:g} ({how}); equivalent within +-{self.margin:g} pts, negligible "
                 f"when also shown different from 0; 'new images' adds the test set's sampling error")
@@ -134,7 +136,8 @@ def _interval(r) -> str:
     """``[+0.52, +1.00] 98.3%``; a TOST interval says so (``96.7% TOST``), a confidence sequence too (``CS``)"""
     if pd.isna(r.low):
         return "-"
-    kind = {"equivalence": " TOST", "sequence": " CS"}.get(r.interval, "")
+    kind = {"equivalence": " TOST", "sequence": " CS", "repeated": " RCI", "repeated-equivalence": " RCI TOST"
+            }.get(r.interval, "")
     return f"[{r.low:+.2f}, {r.high:+.2f}] {r.level:.1%}{kind}"
 
 
@@ -190,7 +193,8 @@ def comparison_text(r) -> str:
 
 def answer_text(r, margin: float, alpha: float = 0.05) -> str:
     """``"C -> D (add a layer): helped, +0.76 points (99.0% interval +0.52 to +1.00, 5 paired seeds)."``"""
-    kind = {"equivalence": "TOST interval", "sequence": "confidence sequence"}.get(r.interval, "interval")
+    kind = {"equivalence": "TOST interval", "sequence": "confidence sequence", "repeated": "repeated interval",
+            "repeated-equivalence": "repeated TOST interval"}.get(r.interval, "interval")
     how = "" if pd.isna(r.low) else (f" ({r.level:.1%} {kind} {r.low:+.2f} to {r.high:+.2f}, "
                                      + (f"{r.n_a} paired seeds)" if r.paired else f"{r.n_a} vs {r.n_b} seeds)"))
     say = {"helped": f"helped, {r.diff:+.2f} points{how}",

@@ -16,6 +16,7 @@ from .plan import FAMILIES
 from .plots import PLOTS
 from .runs import COLLAPSED_AT
 from .sequential import METHOD_NAME
+from .spending import METHOD_NAME as SPENDING_NAME
 from .stats import MIN_SEEDS
 
 NO_STEPS = "No capacity steps among the models present."
@@ -48,7 +49,8 @@ def display_tables(report: Report) -> tuple[pd.DataFrame, pd.DataFrame]:
         "r": [_num(v) for v in c["corr"]],
         "Diff (pts)": [f"{v:+.2f}" if not pd.isna(v) else "-" for v in c["diff"]],
         "Deciding interval": ["-" if pd.isna(r.low) else f"[{r.low:+.2f}, {r.high:+.2f}]" for r in c.itertuples()],
-        "Interval of": [{"difference": "t-test", "equivalence": "TOST", "sequence": "CS"}.get(v, "-")
+        "Interval of": [{"difference": "t-test", "equivalence": "TOST", "sequence": "CS", "repeated": "RCI",
+                         "repeated-equivalence": "RCI TOST"}.get(v, "-")
                         for v in c["interval"]],
         "Level": [_num(v, ".2%") for v in c["level"]],
         "p": [_num(v, ".2g") for v in c["p"]], "Holm p": [_num(v, ".2g") for v in c["p_adj"]],
@@ -124,23 +126,38 @@ def method_text(report: Report) -> list[str]:
             f"+-margin exactly where Holm rejects), for undecided the wider of the two. Guarantee, for this one "
             f"look: any false claim of a difference (helped, hurt or negligible) in a family has probability at "
             f"most {a:g}, and any false equivalent or negligible at most {a:g}. It holds for one look only: a "
-            f"report on the same experiment after it grew says so and switches to the sequential rule below.")
-    if "sequential" in rules:
-        looks = (f"looks at {', '.join(map(str, report.design.looks()))} seeds, each comparison keeping the "
-                 f"verdict of the first look that decided it (its models stop training once no open comparison "
-                 f"needs them)" if report.design else "the experiment grew since an earlier report")
+            f"report on the same experiment after it grew says so and switches to the anytime-valid rule.")
+    if "spending" in rules:
+        looks = ", ".join(map(str, report.design.looks())) if report.design else ""
         out.append(
-            f"Sequential ({looks}): {METHOD_NAME}. Each comparison's interval at n seeds is diff +- t*_n se, the "
-            f"differences that the mixture Bayes factor of the t-test (normal prior on the standardized effect, "
-            f"unit variance; M. Goenen et al., Am. Stat. 59 (2005) 252-257) does not reject at 1 / (alpha / m). "
-            f"That Bayes factor is a nonnegative martingale under its hypothesis (A. Perez-Ortiz, T. Lardy, R. de "
-            f"Heide and P. Gruenwald, E-statistics, group invariance and anytime-valid testing, Ann. Statist. "
-            f"2024), so by Ville's inequality all m intervals cover their true differences at every n at once "
-            f"with probability >= 1 - {a:g}: a verdict (helped, hurt, negligible or equivalent) read at any look, "
-            f"chosen in advance or not, errs with probability at most {a:g} for the whole family. No maximum is "
-            f"planned; it needs {MIN_SEEDS} seeds and a non-zero spread, and is wider than a one-look interval "
-            f"(T. L. Lai, On confidence sequences, Ann. Statist. 4 (1976) 265-280; H. Wang and A. Ramdas, "
-            f"Anytime-valid t-tests and confidence sequences for Gaussian means with unknown variance, 2023).")
+            f"--until-decided (looks at {looks} seeds; after each look only the models of still-undecided "
+            f"comparisons get new seeds, and a comparison keeps the verdict of the look that decided it): "
+            f"{SPENDING_NAME}. At a look each comparison's interval is diff +- c se, c the two-sided boundary "
+            f"that spends alpha as alpha t^2 by t = seeds / max seeds (K. Kim and D. L. DeMets, Biometrika 74 "
+            f"(1987) 149-154; Armitage, McPherson and Rowe's recursive integration), carried to the t scale at "
+            f"the same nominal level (C. Jennison and B. W. Turnbull, Group Sequential Methods, 2000, 11.3), "
+            f"none below {MIN_SEEDS} seeds. Across the family two Holm procedures, one on 'no difference', one on "
+            f"'|difference| >= {mg:g}' (TOST: the interval at 1 - 2a within the margin), in their "
+            f"group-sequential form (W. Maurer and F. Bretz, Stat. Biopharm. Res. 5 (2013) 311-320): each open "
+            f"hypothesis at alpha / r, r those still open; a rejection passes its alpha on and the others are "
+            f"tested again at every look so far. Guarantee, however the rounds end: any false claim of a "
+            f"difference (helped, hurt, negligible) in a family has probability at most {a:g}, and any false "
+            f"equivalent or negligible at most {a:g}. The interval shown is the one at the look that decided, "
+            f"at the level its procedure reached (C. Jennison and B. W. Turnbull, Interim analyses: the "
+            f"repeated confidence interval approach, JRSS B 51 (1989) 305-361).")
+    if "anytime" in rules:
+        out.append(
+            f"Grown since an earlier report: {METHOD_NAME}. Each comparison's interval at n seeds is diff +- "
+            f"t*_n se, the differences that the mixture Bayes factor of the t-test (normal prior on the "
+            f"standardized effect, unit variance; M. Goenen et al., Am. Stat. 59 (2005) 252-257) does not reject "
+            f"at 1 / (alpha / m). That Bayes factor is a nonnegative martingale under its hypothesis (A. "
+            f"Perez-Ortiz, T. Lardy, R. de Heide and P. Gruenwald, E-statistics, group invariance and "
+            f"anytime-valid testing, Ann. Statist. 2024), so by Ville's inequality all m intervals cover their "
+            f"true differences at every n at once with probability >= 1 - {a:g}: a verdict read at any look, "
+            f"chosen in advance or not, errs with probability at most {a:g} for the whole family. It needs "
+            f"{MIN_SEEDS} seeds and a non-zero spread, and is wider than a one-look interval (T. L. Lai, On "
+            f"confidence sequences, Ann. Statist. 4 (1976) 265-280; H. Wang and A. Ramdas, Anytime-valid "
+            f"t-tests and confidence sequences for Gaussian means with unknown variance, 2023).")
     out.append(f"Seeds to decide (undecided comparisons only): seeds per model at which the nearer decision "
                f"(a difference from 0, or equivalence when the observed difference is within the margin) has "
                f"{report.cfg.power:.0%} power if the truth is the observed difference, at the family's alpha / m, "

@@ -1,4 +1,5 @@
-"""Decisions that stay valid however often one looks: anytime-valid confidence sequences (pure numpy/scipy).
+"""Decisions that stay valid however often one looks: anytime-valid confidence sequences, for an
+experiment that grew since an earlier report (pure numpy/scipy); and the --until-decided ``Design``.
 
 The method: the confidence sequence of the one-sample t-test's mixture Bayes factor, Lai's (1976)
 "On confidence sequences" (Ann. Statist. 4, 265-280) construction as Wang & Ramdas (2023,
@@ -91,35 +92,3 @@ class Design:
         """The planned looks before ``n`` seeds, then ``n``: the history an analysis at ``n`` seeds has had."""
         n = min(n, self.max_seeds)
         return tuple(k for k in self.looks() if k < n) + (n,)
-
-
-def simulate(diffs: np.ndarray, looks: tuple[int, ...], alpha: float, margin: float
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """The --until-decided rule on simulated per-seed differences; (verdicts, seeds at the stop).
-
-    ``diffs``: (experiments, seeds, m) per-seed differences mean(b) - mean(a) of a family's m
-    comparisons. At each look every open comparison gets its confidence sequence at alpha / m; a
-    comparison keeps the verdict of the first look that decides it (its models stop training) and an
-    experiment stops when all m are decided, or at the last look. Verdicts: (experiments, m).
-    """
-    n_exp, n_max, m = diffs.shape
-    if n_max < looks[-1]:
-        raise ValueError(f"need {looks[-1]} seeds of differences, got {n_max}")
-    csum, csq = np.cumsum(diffs, axis=1), np.cumsum(diffs ** 2, axis=1)
-    span = np.maximum.accumulate(diffs, axis=1) - np.minimum.accumulate(diffs, axis=1)
-    verdicts = np.full((n_exp, m), "undecided", dtype=object)
-    stop = np.zeros(n_exp, int)  # 0: still training
-    open_ = np.ones((n_exp, m), bool)
-    for n in looks:
-        mean = csum[:, n - 1] / n
-        var = np.maximum(csq[:, n - 1] - n * mean ** 2, 0) / max(n - 1, 1)
-        se = np.where(span[:, n - 1] > 1e-9, np.sqrt(var / n), 0.0)
-        low, high = cs_interval(mean, se, np.full(mean.shape, n), alpha / m)
-        v = decide(low, high, margin)
-        now = open_ & (v != "undecided")
-        verdicts[now] = v[now]
-        open_ &= ~now
-        stop[(stop == 0) & ~open_.any(axis=1)] = n
-        if not open_.any():
-            break
-    return verdicts, np.where(stop == 0, looks[-1], stop)

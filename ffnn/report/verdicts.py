@@ -3,9 +3,11 @@
 Each comparison ``a -> b`` scores every seed with an outcome (failed seeds at chance), tests the
 difference on the seeds both models share (Welch otherwise), and decides it one of two ways:
 - one fixed-sample look: Holm over the family on the t-test and TOST p-values (``stats.holm_verdicts``);
-- sequentially (``--until-decided``, or an experiment that grew since an earlier report): the
-  anytime-valid confidence sequence at alpha / m (``sequential``), each comparison keeping the verdict
-  of the first look that decided it.
+- ``--until-decided``: repeated confidence intervals at the planned looks with alpha spending and Holm
+  across the family in its group-sequential form (``spending``), each comparison keeping the verdict
+  of the look that decided it;
+- an experiment that grew since an earlier report: the anytime-valid confidence sequence at alpha / m
+  (``sequential``), valid whatever looks came before.
 The new-images scope runs the same rule on the standard error that adds the test-image sampling term
 (``scope``), where every seed of both models has its per-image record.
 """
@@ -26,6 +28,7 @@ from .plan import FAMILIES, Step
 from .runs import Selection, failure_text, typical_std
 from .scope import new_images_se
 from .sequential import Design, cs_interval
+from .spending import holm_sequential
 from .stats import MIN_SEEDS, Test, decide, failure_test, holm_verdicts, paired_or_welch, seeds_range
 
 COLUMNS = ["family", "a", "b", "change", "spec_a", "spec_b", "rule", "paired", "n_a", "n_b", "corr", "mean_a",
@@ -71,10 +74,10 @@ def _images(side: _Side, seeds: Sequence[int], failed: dict[int, bool]) -> np.nd
 
 
 def _new_images(a: _Side, b: _Side, t: Test) -> tuple[float, float, float]:
-    """(se, df, images_se) of the new-images scope on the shared seeds; NaN when it cannot be had."""
+    """(se, df, images_se) of the new-images scope on the shared seeds t used; NaN when it cannot be had."""
     if not t.paired:
         return (math.nan, math.nan, math.nan)
-    shared = sorted(set(a.seeds.tolist()) & set(b.seeds.tolist()))
+    shared = sorted(set(a.seeds.tolist()) & set(b.seeds.tolist()))[:t.n_a]
     ca = _images(a, shared, dict(zip(a.seeds.tolist(), a.failed.tolist())))
     cb = _images(b, shared, dict(zip(b.seeds.tolist(), b.failed.tolist())))
     if ca is None or cb is None or ca.shape != cb.shape:
@@ -135,10 +138,12 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
         tests = [_test(sides[s.a], sides[s.b], margin) for s in mine]
         reasons = [_reason(s.a, s.b, t) for s, t in zip(mine, tests)]
         looks = [t.n_a if t.paired else min(t.n_a, t.n_b) for t in tests]
-        if seq:
+        if design is not None:
+            decided, looks, tests = _spending_family([(sides[s.a], sides[s.b]) for s in mine], tests, design, margin)
+        elif seq:
             decided = []
             for i, (s, t) in enumerate(zip(mine, tests)):
-                row, look, tests[i] = _sequential(sides[s.a], sides[s.b], t, design, alpha / m, margin)
+                row, look, tests[i] = _sequential(sides[s.a], sides[s.b], t, alpha / m, margin)
                 decided.append(row)
                 looks[i] = look
         else:
@@ -148,7 +153,7 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
                               np.array([t.df for t in tests]), p, p_tost, alpha, margin)
             decided = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in h.items()} for i in range(m)]
         pops = [_new_images(sides[s.a], sides[s.b], t) for s, t in zip(mine, tests)]
-        pop = _pop_decisions(tests, reasons, pops, decided, seq, alpha, margin, m)
+        pop = _pop_decisions(tests, reasons, pops, decided, seq, alpha, margin)
         for i, (s, t, reason, d) in enumerate(zip(mine, tests, reasons, decided)):
             a, b = sides[s.a], sides[s.b]
             fa, fb = float(a.failed.mean()) if len(a.failed) else math.nan, \
@@ -169,7 +174,7 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
                 need = seeds_range(t.diff, sd, max(n_obs, 2), margin, alpha / m, power, t.paired, confidence)
             rows.append({"family": family, "a": s.a, "b": s.b, "change": s.change,
                          "spec_a": sel.models[s.a].spec.describe(), "spec_b": sel.models[s.b].spec.describe(),
-                         "rule": "sequential" if seq else "holm", "paired": t.paired, "n_a": t.n_a, "n_b": t.n_b,
+                         "rule": "spending" if design is not None else "anytime" if seq else "holm", "paired": t.paired, "n_a": t.n_a, "n_b": t.n_b,
                          "corr": t.corr, "mean_a": float(np.mean(a.score)) if len(a.score) else math.nan,
                          "mean_b": float(np.mean(b.score)) if len(b.score) else math.nan,
                          "diff": t.diff, "sd": t.sd, "m": m, **{k: d[k] for k in ("interval", "level", "low", "high")},
@@ -186,36 +191,68 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
     return table
 
 
-def _sequential(a: _Side, b: _Side, t: Test, design: Design | None, alpha_each: float, margin: float
-                ) -> tuple[dict, int, Test]:
-    """The first look that decides (the design's looks up to the seeds present, else just this one)."""
+def _sequential(a: _Side, b: _Side, t: Test, alpha_each: float, margin: float) -> tuple[dict, int, Test]:
+    """A grown experiment: the confidence sequence at the seeds present (valid whatever looks came before)."""
     n_now = t.n_a if t.paired else min(t.n_a, t.n_b)
-    looks = design.looks_until(n_now) if design is not None else (n_now,)
-    shared = sorted(set(a.seeds.tolist()) & set(b.seeds.tolist())) if t.paired else None
-    row: dict = {}
-    for k in looks:
-        if t.paired and k < n_now:
-            tk = _test(_first(a, shared[:k]), _first(b, shared[:k]), margin)
-        else:
-            tk, k = t, n_now
-        low, high = (float(v) for v in cs_interval(tk.diff, tk.se, min(tk.n_a, tk.n_b), alpha_each))
-        verdict = str(decide(low, high, margin))
-        row = {"interval": "sequence" if not math.isnan(low) else "", "level": 1 - alpha_each,
-               "low": low, "high": high, "p_adj": math.nan, "p_tost_adj": math.nan, "verdict": verdict}
-        if verdict != "undecided":
-            return row, k, tk
-    return row, n_now, t
+    low, high = (float(v) for v in cs_interval(t.diff, t.se, n_now, alpha_each))
+    return ({"interval": "sequence" if not math.isnan(low) else "", "level": 1 - alpha_each, "low": low,
+             "high": high, "p_adj": math.nan, "p_tost_adj": math.nan, "verdict": str(decide(low, high, margin))},
+            n_now, t)
+
+
+def _at_look(a: _Side, b: _Side, t: Test, k: int, margin: float) -> Test | None:
+    """The comparison on its first ``k`` shared seeds (each side's first k when unpaired); None if short of k."""
+    if t.paired:
+        shared = sorted(set(a.seeds.tolist()) & set(b.seeds.tolist()))
+        return _test(_first(a, shared[:k]), _first(b, shared[:k]), margin) if len(shared) >= k else None
+    if min(t.n_a, t.n_b) < k:
+        return None
+    return _test(_first(a, sorted(a.seeds.tolist())[:k]), _first(b, sorted(b.seeds.tolist())[:k]), margin)
+
+
+def _spending_family(pairs: list[tuple[_Side, _Side]], tests: list[Test], design: Design, margin: float
+                     ) -> tuple[list[dict], list[int], list[Test]]:
+    """--until-decided: the family's repeated confidence intervals at the design's looks, Holm across it."""
+    n_now = max((t.n_a if t.paired else min(t.n_a, t.n_b)) for t in tests)
+    looks = design.looks_until(max(n_now, 1))
+    per_look = [[_at_look(a, b, t, k, margin) for k in looks] for (a, b), t in zip(pairs, tests)]
+    shape = (1, len(looks), len(tests))
+    diff, se, n = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape)
+    for i, row in enumerate(per_look):
+        for j, tk in enumerate(row):
+            if tk is not None:
+                diff[0, j, i], se[0, j, i], n[0, j, i] = tk.diff, tk.se, min(tk.n_a, tk.n_b)
+    out = holm_sequential(diff, se, n, design, looks)
+    decided, seeds, shown = [], [], []
+    for i, t in enumerate(tests):
+        at = int(out["at"][0, i])
+        tk = per_look[i][at] or t
+        decided.append({"interval": {"difference": "repeated", "equivalence": "repeated-equivalence"}.get(
+                            str(out["interval"][0, i]), ""),
+                        "level": float(out["level"][0, i]), "low": float(out["low"][0, i]),
+                        "high": float(out["high"][0, i]), "p_adj": math.nan, "p_tost_adj": math.nan,
+                        "verdict": str(out["verdict"][0, i])})
+        seeds.append(looks[at] if per_look[i][at] is not None else (t.n_a if t.paired else min(t.n_a, t.n_b)))
+        shown.append(tk)
+    return decided, seeds, shown
 
 
 def _pop_decisions(tests: list[Test], reasons: list[str], pops: list[tuple[float, float, float]],
-                   decided: list[dict], seq: bool, alpha: float, margin: float, m: int) -> list[dict]:
-    """The new-images scope: the same rule as the deciding one, on the new-images standard error."""
+                   decided: list[dict], seq: bool, alpha: float, margin: float) -> list[dict]:
+    """The new-images scope: the same rule as the deciding one, on the new-images standard error.
+
+    Sequential rules: the deciding interval's multiplier (its half-width in standard errors) on the
+    new-images error; one look: the family's Holm procedures on the new-images p-values."""
     out = [{"pop_low": math.nan, "pop_high": math.nan, "pop_verdict": UNAVAILABLE} for _ in tests]
     have = [i for i, (p, r) in enumerate(zip(pops, reasons)) if not r and p[0] > 0 and not math.isnan(p[1])]
     if seq:
         for i in have:
-            t, (se, _, _) = tests[i], pops[i]
-            low, high = (float(v) for v in cs_interval(t.diff, se, min(t.n_a, t.n_b), alpha / m))
+            t, d, se = tests[i], decided[i], pops[i][0]
+            if math.isnan(d["low"]) or not t.se > 0:
+                out[i]["pop_verdict"] = "undecided"
+                continue
+            half = (d["high"] - d["low"]) / 2 / t.se * se
+            low, high = t.diff - half, t.diff + half
             out[i] = {"pop_low": low, "pop_high": high, "pop_verdict": str(decide(low, high, margin))}
         return out
     ps = [_pop_p(tests[i].diff, pops[i][0], pops[i][1], margin) if i in have else (math.nan, math.nan)
