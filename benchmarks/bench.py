@@ -22,8 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision.datasets as dsets
@@ -58,8 +58,8 @@ def tutorial_way(root: str) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     it = 0
     accuracy = 0.0
-    for epoch in range(num_epochs):
-        for i, (images, labels) in enumerate(train_loader):
+    for _ in range(num_epochs):
+        for images, labels in train_loader:
             images = images.view(-1, 28 * 28).requires_grad_()
             optimizer.zero_grad()
             outputs = model(images)
@@ -94,10 +94,18 @@ def compare(data_dir: str, tmp: str, *argv: str, show: Callable[[str], bool] = l
     for line in out.splitlines():
         if show(line):
             print(line)
-    tracker = Tracker.open(f"sqlite:///{tmp}/mlruns/mlflow.db")
-    exp = tracker.experiment_id("compare", create=False)
+    tracker, exp = _store(tmp)
     parents = tracker.search(exp, f"tags.`{TAG_KIND}` = 'comparison'")
     return wall, parents[0].data.metrics
+
+
+def _store(tmp: str) -> tuple[Tracker, str]:
+    """The fresh store's tracker and the id of its "compare" experiment, which the run above created."""
+    tracker = Tracker.open(f"sqlite:///{tmp}/mlruns/mlflow.db")
+    exp = tracker.experiment_id("compare", create=False)
+    if exp is None:
+        raise RuntimeError(f"no experiment 'compare' in {tmp}/mlruns: the compare run logged nothing")
+    return tracker, exp
 
 
 BEFORE = {"mnist": (180, 148.6), "fashion-mnist": (360, 289.0)}  # runs, s: the OBF rule of f6b9585, same machine
@@ -110,14 +118,14 @@ def until_decided(data_dir: str, dataset: str) -> None:
         wall, _ = compare(data_dir, tmp, "--until-decided", *extra,
                           show=lambda line: line.startswith(("--until-decided:", "  ")) and " pts" in line
                           or line.startswith("--until-decided:"))
-        tracker = Tracker.open(f"sqlite:///{tmp}/mlruns/mlflow.db")
-        exp = tracker.experiment_id("compare", create=False)
+        tracker, exp = _store(tmp)
         runs = tracker.search(exp, f"tags.`{TAG_KIND}` = 'run' and attributes.status = 'FINISHED'")
         seeds: dict[str, int] = {}
         for r in runs:
             seeds[r.data.params["model"]] = seeds.get(r.data.params["model"], 0) + 1
         runs_before, wall_before = BEFORE[dataset]
-        print(f"compare --until-decided, {dataset}: {len(runs)} runs ({', '.join(f'{m} {n}' for m, n in seeds.items())})"
+        per_model = ", ".join(f"{m} {n}" for m, n in seeds.items())
+        print(f"compare --until-decided, {dataset}: {len(runs)} runs ({per_model})"
               f" in {wall:.1f} s wall; before: {runs_before} runs / {wall_before:.1f} s")
 
 

@@ -9,14 +9,19 @@ import argparse
 import atexit
 import math
 import os
-import statistics
 import signal
+import statistics
 import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import Interrupted, UserError, install_interrupt_handlers
+
+if TYPE_CHECKING:  # the modules themselves are imported where a command needs them
+    from .compare import RunRow
+    from .tracking import Tracker
 
 DEFAULT_CONFIG = "experiments/compare.toml"
 
@@ -28,7 +33,7 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default in (None, False):
             return action.help or ""
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or ""
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
@@ -254,11 +259,11 @@ def exit_status(rows) -> int:
     return 1 if failed else 0
 
 
-def register_best(experiment: str, tracker, rows) -> None:
+def register_best(experiment: str, tracker: Tracker, rows: list[RunRow]) -> None:
     """Each model's best FINISHED seed, by final test accuracy, as ``models:/<experiment>-<model>@best``."""
     from .tracking import BEST_ALIAS, registry_name
 
-    best = {}
+    best: dict[str, RunRow] = {}
     for r in rows:
         if r.status == "FINISHED" and r.run_id and not math.isnan(r.accuracy) and \
                 (r.model not in best or r.accuracy > best[r.model].accuracy):
@@ -409,7 +414,8 @@ def cmd_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"cluster": cmd_cluster, "compare": cmd_compare, "data": cmd_data, "report": cmd_report, "tune": cmd_tune, "ui": cmd_ui}
+COMMANDS = {"cluster": cmd_cluster, "compare": cmd_compare, "data": cmd_data, "report": cmd_report, "tune": cmd_tune,
+            "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ refuses to run as root, so as root it runs as the ``postgres`` system user.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -177,8 +178,8 @@ class Cluster:
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
-        if self._pg_user():
-            shutil.chown(pwfile, self._pg_user(), self._pg_user())
+        if user := self._pg_user():
+            shutil.chown(pwfile, user, user)
         try:
             out = self._as_pg([str(PG_BIN / "initdb"), "-D", str(self.pgdata), "-U", USER, "-E", "UTF8",
                                "--locale=C", "--auth=scram-sha-256", f"--pwfile={pwfile}"])
@@ -276,9 +277,9 @@ class Cluster:
         if self._pg_running() and not old:
             raise ClusterError(f"PostgreSQL runs on {self.pgdata} but {self.state_file} is missing; "
                                f"stop it with pg_ctl -D {self.pgdata} stop")
-        if old and (self._mlflow_running(old) or self._pg_running()):
-            if (host, port or old.port, pg_port or old.pg_port) != (old.host, old.port, old.pg_port):
-                raise ClusterError("the cluster is running with other settings; ffnn cluster stop first")
+        if old and (self._mlflow_running(old) or self._pg_running()) \
+                and (host, port or old.port, pg_port or old.pg_port) != (old.host, old.port, old.pg_port):
+            raise ClusterError("the cluster is running with other settings; ffnn cluster stop first")
         advertise = advertise or (socket.getfqdn() if host in ("0.0.0.0", "::") else host)
         if network is None:
             network = "127.0.0.1/32" if host in LOOPBACK else ("samenet" if host in ("0.0.0.0", "::") else f"{host}/32")
@@ -309,7 +310,7 @@ class Cluster:
         """Stop both; return what was stopped."""
         st = self.state()
         stopped = []
-        if self._mlflow_running(st):
+        if st is not None and self._mlflow_running(st):
             _kill_group(st.mlflow_pid)
             stopped.append("mlflow server")
         if self._pg_running():
@@ -377,7 +378,5 @@ def _kill_group(pid: int, timeout: float = 20) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # our own child (tests start it in-process): no zombie left
-    except ChildProcessError:
-        pass

@@ -16,9 +16,9 @@ import io
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,8 +31,17 @@ from .engine import worker_count
 from .errors import Interrupted, deferred_interrupts, ignore_interrupts
 from .jobs import Job, JobResult, StackJob, run_stack
 from .models import build_model, count_params
-from .tracking import (TAG_FAILURE, TAG_FAILURE_STEP, TAG_KEY, TAG_KIND, TAG_TEST_CORRECT, Tracker, TrackingError,
-                       heartbeat_interval, run_key)
+from .tracking import (
+    TAG_FAILURE,
+    TAG_FAILURE_STEP,
+    TAG_KEY,
+    TAG_KIND,
+    TAG_TEST_CORRECT,
+    Tracker,
+    TrackingError,
+    heartbeat_interval,
+    run_key,
+)
 from .train import DivergenceRule
 
 CPU_MAX_STACK = 10  # seeds per stack on the CPU: more costs there (two processes, a seed of C / E took

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .data import DATASETS
 from .errors import UserError
@@ -199,6 +199,7 @@ class TuneConfig:
         return self.study_name.format(model=model)
 
 
+_Number = TypeVar("_Number", int, float)
 TUNE_KEYS = {f.name for f in fields(TuneConfig)}
 FAMILY_KEYS = {f.name for f in fields(Family)}
 TUNE_TRAIN_KEYS = {"batch_size", "iters", "eval_every", "seed"}
@@ -206,7 +207,7 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 
 
-def _range(name: str, value: Any, kind: type) -> tuple:
+def _range(name: str, value: Any, kind: type[_Number]) -> tuple[_Number, _Number]:
     ok = isinstance(value, list) and len(value) == 2 and all(
         not isinstance(v, bool) and isinstance(v, (int, float) if kind is float else int) for v in value)
     if not ok or not 0 < value[0] <= value[1]:

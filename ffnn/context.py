@@ -7,10 +7,11 @@ that they import torch and load the data while this process imports MLflow and o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,7 +36,7 @@ class Context:
 
     @classmethod
     def build(cls, dataset: str, data_dir: str, data_source: str | None, device: str,
-              tracking_uri: str | None) -> "Context":
+              tracking_uri: str | None) -> Context:
         """Resolve the device and verify (and fetch) the data, once; the store opens at first use."""
         dev = resolve_device(device)
         spec = data_mod.get_spec(dataset)
@@ -69,7 +70,7 @@ class Context:
         while self.engines:
             self.engines.popitem()[1].close(graceful)
 
-    def __enter__(self) -> "Context":
+    def __enter__(self) -> Context:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -93,7 +93,7 @@ class Dataset:
     # trainer gathers its batches from these, a quarter of the bytes
     pixels_train: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "Dataset":
+    def to(self, device: torch.device | str) -> Dataset:
         return Dataset(
             self.name, self.sha256,
             self.x_train.to(device), self.y_train.to(device),

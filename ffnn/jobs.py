@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 
@@ -21,7 +21,7 @@ from .data import Dataset
 from .errors import Interrupted
 from .models import ModelSpec, count_params
 from .stacked import train_stacked
-from .train import DivergenceRule, Diverged, EvalPoint, TrainConfig, device_name, train
+from .train import Diverged, DivergenceRule, EvalPoint, TrainConfig, device_name, train
 
 LOSS_STRIDE = 50  # train_loss is logged as the mean of each 50 optimizer steps, at the 50th (60 points a
 # 3000-step run: half the time of a run's log_batch at 10 steps, and a curve as smooth)

@@ -26,15 +26,15 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .models import ModelSpec, seeded_model
-from .train import DivergenceRule
+from .train import DEFAULT_RULE, DivergenceRule
 
 _ACT = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
 CHUNK = 64  # floats: a multiple of every CPU vector loop's step
@@ -68,7 +68,47 @@ class StackEval:
     accuracy: list[float]  # per seed, percent; NaN for failed seeds
 
 
-class _Stack:
+class _Layers:
+    """The forward pass of stacked weights: what a stack and a slice of its seeds share."""
+
+    weights: list[torch.Tensor]  # (S, out, in) per layer
+    biases: list[torch.Tensor]  # (S, out, 1) per layer
+    act: Callable[[torch.Tensor], torch.Tensor] | None  # None: no hidden layer
+
+    def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's input, feature-major, then the logits: ``x`` (S, B, 784), or (B, 784) shared by every
+        seed, gives [x^T, h_1, ..., (S, 10, B)]."""
+        hs = [x.transpose(-1, -2)]  # (S, 784, B) or (784, B): the features first
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = hs[-1]
+            h = torch.baddbmm(b, w, h) if h.dim() == 3 else torch.matmul(w, h) + b  # (S, out, B)
+            hs.append(self.activate(h) if i < last else h)
+        return hs
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (S, B, 784) or (B, 784) shared by every seed -> (S, B, 10)."""
+        return self.layers(x)[-1].transpose(1, 2)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """The activation of (S, H, B), computed for each seed exactly as it would be alone.
+
+        The CPU kernels of sigmoid and tanh run vectorised in chunks of up to 64 floats and finish
+        a tensor's tail with scalar code that can differ in the last bit; each seed's block is
+        padded to a multiple of 64 so that no seed's values depend on how many seeds precede it.
+        """
+        if self.act is None:
+            raise ValueError("a model without hidden layers has no activation")
+        S, n = h.shape[0], h[0].numel()
+        pad = -n % CHUNK
+        if self.act is torch.relu:
+            return h.relu_()
+        if pad == 0 or h.device.type != "cpu":
+            return self.act(h)
+        return self.act(F.pad(h.reshape(S, n), (0, pad)))[:, :n].view(h.shape)
+
+
+class _Stack(_Layers):
     """The stacked parameters and the device-side state of one pass."""
 
     def __init__(self, spec: ModelSpec, seeds: Sequence[int], lrs: Sequence[float], iters: int,
@@ -94,36 +134,6 @@ class _Stack:
 
     def params(self) -> list[torch.Tensor]:
         return [p for pair in zip(self.weights, self.biases) for p in pair]
-
-    def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each layer's input, feature-major, then the logits: ``x`` (S, B, 784), or (B, 784) shared by every
-        seed, gives [x^T, h_1, ..., (S, 10, B)]."""
-        hs = [x.transpose(-1, -2)]  # (S, 784, B) or (784, B): the features first
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = hs[-1]
-            h = torch.baddbmm(b, w, h) if h.dim() == 3 else torch.matmul(w, h) + b  # (S, out, B)
-            hs.append(self.activate(h) if i < last else h)
-        return hs
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (S, B, 784) or (B, 784) shared by every seed -> (S, B, 10)."""
-        return self.layers(x)[-1].transpose(1, 2)
-
-    def activate(self, h: torch.Tensor) -> torch.Tensor:
-        """The activation of (S, H, B), computed for each seed exactly as it would be alone.
-
-        The CPU kernels of sigmoid and tanh run vectorised in chunks of up to 64 floats and finish
-        a tensor's tail with scalar code that can differ in the last bit; each seed's block is
-        padded to a multiple of 64 so that no seed's values depend on how many seeds precede it.
-        """
-        S, n = h.shape[0], h[0].numel()
-        pad = -n % CHUNK
-        if self.act is torch.relu:
-            return h.relu_()
-        if pad == 0 or h.device.type != "cpu":
-            return self.act(h)
-        return self.act(F.pad(h.reshape(S, n), (0, pad)))[:, :n].view(h.shape)
 
     def backward_activation(self, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """``g``, the gradient at a hidden layer's output ``h``, taken back through its activation: the
@@ -202,17 +212,13 @@ def percent(correct: torch.Tensor) -> torch.Tensor:
     return correct.sum(1).float() * (100.0 / correct.shape[1])
 
 
-class _Slice:
+class _Slice(_Layers):
     """Seeds ``lo:hi`` of a stack, for chunked evaluation."""
 
     def __init__(self, stack: _Stack, lo: int, hi: int):
         self.weights = [w[lo:hi] for w in stack.weights]
         self.biases = [b[lo:hi] for b in stack.biases]
         self.act = stack.act
-
-    layers = _Stack.layers
-    logits = _Stack.logits
-    activate = _Stack.activate
 
 
 def _epoch_orders(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
@@ -259,7 +265,7 @@ def train_stacked(
     y_train: torch.Tensor,  # (N,)
     x_eval: torch.Tensor,  # (M, 784)
     y_eval: torch.Tensor,  # (M,)
-    rule: DivergenceRule = DivergenceRule(),
+    rule: DivergenceRule = DEFAULT_RULE,
     on_eval: Callable[[StackEval], None] | None = None,
     use_graph: bool | None = None,  # None: on CUDA when the batches are all full
 ) -> StackResult:
@@ -286,9 +292,9 @@ def train_stacked(
             idx = order[:, lo:lo + batch_size]
             if use_graph and graph is None and idx.shape[1] == batch_size:
                 try:
-                    graph = _Graph(stack, x_train, y_train, tuple(idx.shape))
+                    graph = _Graph(stack, x_train, y_train, (idx.shape[0], idx.shape[1]))
                 except RuntimeError as e:  # capture unsupported here: the same step, eagerly
-                    warnings.warn(f"CUDA graph capture failed, training eagerly: {e}")
+                    warnings.warn(f"CUDA graph capture failed, training eagerly: {e}", stacklevel=2)
                     use_graph = False
             if graph is not None and idx.shape[1] == batch_size:
                 graph.run(idx)
@@ -307,7 +313,7 @@ def train_stacked(
                     if r.failure is not None:
                         continue
                     f = int(first[j])
-                    bad = losses[f, j].item() if f >= 0 else None
+                    bad = losses[f, j].item() if f >= 0 else math.nan  # the loss that broke the rule
                     # a non-finite loss is not logged
                     kept = len(losses) if f < 0 else f if not math.isfinite(bad) else f + 1
                     r.losses.extend((read + k + 1, v) for k, v in enumerate(losses[:kept, j].tolist()))

@@ -12,8 +12,8 @@ import contextlib
 import datetime
 import fcntl
 import functools
-import inspect
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -29,10 +29,16 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import urlparse
+
+import pandas as pd
+import sqlalchemy
+
+from .errors import UserError, deferring
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,15 +65,11 @@ if os.environ.get(TELEMETRY_OPT_IN) != "1":
     os.environ.update(NO_TELEMETRY)
 
 import mlflow  # noqa: E402  (after the telemetry switch above)
-import pandas as pd
-import sqlalchemy
-from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_LOGGED_MODELS, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
-
-from .errors import UserError, deferring
+from mlflow import MlflowClient  # noqa: E402  (after the telemetry switch above)
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag  # noqa: E402  (after the switch)
+from mlflow.exceptions import MlflowException  # noqa: E402  (after the telemetry switch above)
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402  (after the switch)
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_LOGGED_MODELS, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE  # noqa: E402  (after the switch)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG_KIND = "ffnn.kind"  # "comparison" (parent), "run" (child), "study", "trial"
@@ -312,10 +314,8 @@ class _Heartbeat:
     def _beat(self, uri: str, interval: float) -> None:
         client = MlflowClient(tracking_uri=uri)
         while not self.stop_event.wait(interval):
-            try:
+            with contextlib.suppress(Exception):  # the main thread reports a lost server; the next beat tries again
                 client.set_tag(self.run_id, TAG_HEARTBEAT, str(now_ms()))
-            except Exception:  # the main thread reports a lost server; the next beat tries again
-                pass
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -336,8 +336,8 @@ def _mlflow_pytorch():
     callback ffnn never uses. A saved model loads without it too."""
     if "mlflow.pytorch" not in sys.modules:
         blocked = "pytorch_lightning" not in sys.modules
-        if blocked:
-            sys.modules["pytorch_lightning"] = None  # importing it raises ImportError, which MLflow passes over
+        if blocked:  # None: importing it raises ImportError, which MLflow passes over
+            sys.modules["pytorch_lightning"] = None  # type: ignore[assignment]  # typeshed: modules hold no None
         try:
             import mlflow.pytorch  # noqa: F401
         finally:
@@ -367,7 +367,7 @@ def _requirements_taken_as_pinned() -> Iterator[None]:
         environment.warn_dependency_requirement_mismatches = check
 
 
-def _save_template(model: "torch.nn.Module", input_example: "np.ndarray") -> _ModelTemplate:
+def _save_template(model: torch.nn.Module, input_example: np.ndarray) -> _ModelTemplate:
     import torch
     from mlflow.models import Model, infer_signature
 
@@ -395,22 +395,21 @@ class Tracker:
     _artifact_uris: dict[str, str] = field(default_factory=dict)  # run id -> artifact URI, runs created here
     store_seconds: float = 0.0  # wall time spent in this tracker's calls (reads and writes), for the record
     _depth: int = 0
-    monitors: dict[str, "SystemMetrics"] = field(default_factory=dict, repr=False)  # run id -> its sampler
+    monitors: dict[str, SystemMetrics] = field(default_factory=dict, repr=False)  # run id -> its sampler
     _heartbeat: _Heartbeat | None = None
     _gone: str | None = None  # why the server is lost, once it is
-    _model_templates: dict[tuple, "_ModelTemplate"] = field(default_factory=dict, repr=False)
+    _model_templates: dict[tuple, _ModelTemplate] = field(default_factory=dict, repr=False)
     _template_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def open(cls, uri: str | None = None) -> "Tracker":
+    def open(cls, uri: str | None = None) -> Tracker:
         uri = resolve_uri(uri)
         db = _sqlite_path(uri)
-        if db is not None:
-            if not db.parent.exists():
-                try:
-                    db.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    raise TrackingError(f"tracking URI {uri!r}: cannot create {db.parent} ({e.strerror})") from None
+        if db is not None and not db.parent.exists():
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TrackingError(f"tracking URI {uri!r}: cannot create {db.parent} ({e.strerror})") from None
         if db is not None and not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _sqlite_wal):
             sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _sqlite_wal)
         if uri.startswith(("http://", "https://")):
@@ -431,6 +430,11 @@ class Tracker:
         return cls(uri, client)
 
     # experiments -----------------------------------------------------------
+    @overload
+    def experiment_id(self, name: str, create: Literal[True] = ..., description: str | None = None) -> str: ...
+    @overload
+    def experiment_id(self, name: str, create: bool, description: str | None = None) -> str | None: ...
+
     def experiment_id(self, name: str, create: bool = True, description: str | None = None) -> str | None:
         """The experiment's id, created if missing; ``description`` (Markdown) is set unless it has one."""
         exp = self.client.get_experiment_by_name(name)
@@ -448,7 +452,9 @@ class Tracker:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
             return self.client.create_experiment(name, artifact_location=root and f"{root}/{slug}", tags=tags)
         except MlflowException:  # created meanwhile by a concurrent process
-            return self.client.get_experiment_by_name(name).experiment_id
+            if (exp := self.client.get_experiment_by_name(name)) is None:
+                raise  # it was not: the store's own error stands
+            return exp.experiment_id
 
     def experiment_tags(self, experiment_id: str) -> dict[str, str]:
         return dict(self.client.get_experiment(experiment_id).tags)
@@ -487,7 +493,7 @@ class Tracker:
             self.monitors[run_id] = SystemMetrics(self.uri, run_id)
         return run_id
 
-    def system_metrics(self, run_id: str) -> "SystemMetrics":
+    def system_metrics(self, run_id: str) -> SystemMetrics:
         """``with tracker.system_metrics(run_id):`` samples CPU, memory and GPU into the run meanwhile."""
         return SystemMetrics(self.uri, run_id)
 
@@ -552,7 +558,7 @@ class Tracker:
             self.client.log_artifact(run_id, str(p), artifact_path)
 
     # models ----------------------------------------------------------------
-    def log_torch_model(self, run_id: str, model: "torch.nn.Module", input_example: "np.ndarray") -> dict[str, str]:
+    def log_torch_model(self, run_id: str, model: torch.nn.Module, input_example: np.ndarray) -> dict[str, str]:
         """Save ``model`` as the run's ``model/`` in MLflow's PyTorch flavor, loadable with
         ``mlflow.pytorch.load_model("runs:/<run_id>/model")`` and servable with ``mlflow models serve``;
         returns the tag that ``mlflow.pytorch.log_model`` would set (the UI's Models column), for the
@@ -578,21 +584,21 @@ class Tracker:
             torch.save(model, path / "data" / "model.pth", pickle_module=_mlflow_pytorch().pickle_module)
             meta = Model.from_dict(template.meta)
             meta.model_uuid = uuid.uuid4().hex
-            meta.utc_time_created = str(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None))
+            meta.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))
             meta.model_size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             meta.save(path / "MLmodel")
             self._artifact_repo(run_id).log_artifacts(str(path), MODEL_PATH)
         meta.run_id, meta.artifact_path = run_id, MODEL_PATH
         return {MLFLOW_LOGGED_MODELS: json.dumps([meta.get_tags_dict()])}
 
-    def prepare_model_template(self, model: "torch.nn.Module", input_example: "np.ndarray") -> None:
+    def prepare_model_template(self, model: torch.nn.Module, input_example: np.ndarray) -> None:
         """Start making ``log_torch_model``'s template for models like ``model`` in a thread, so that the
         first ``save_model`` of a process (importing ``mlflow.pytorch`` first) passes while the first
         stack trains."""
         threading.Thread(target=self._model_template, args=(model, input_example), daemon=True,
                          name="ffnn-model-template").start()
 
-    def _model_template(self, model: "torch.nn.Module", input_example: "np.ndarray") -> "_ModelTemplate":
+    def _model_template(self, model: torch.nn.Module, input_example: np.ndarray) -> _ModelTemplate:
         """What every saved model with this output shape shares, from one ``mlflow.pytorch.save_model``."""
         out_shape = tuple(list(model.parameters())[-1].shape)  # ffnn's nets end in a Linear: its bias
         key = (out_shape, input_example.shape, hashlib.sha256(input_example.tobytes()).hexdigest())
@@ -609,10 +615,8 @@ class Tracker:
         try:
             self.client.get_registered_model(name)
         except MlflowException:
-            try:
+            with contextlib.suppress(MlflowException):  # created meanwhile by a concurrent process
                 self.client.create_registered_model(name, description=description or None)
-            except MlflowException:  # created meanwhile by a concurrent process
-                pass
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_PATH}"
         mine = [v for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")]
         version = (max(int(v.version) for v in mine) if mine else
@@ -624,7 +628,7 @@ class Tracker:
     def finished_keys(self, experiment_id: str) -> set[str]:
         """``run_key`` tags of FINISHED child runs in the experiment."""
         runs = self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' and attributes.status = 'FINISHED'")
-        return {r.data.tags.get(TAG_KEY) for r in runs}
+        return {key for r in runs if (key := r.data.tags.get(TAG_KEY)) is not None}
 
     def claim_many(self, experiment_id: str, mine: dict[str, str]) -> set[str]:
         """For each ``key -> run_id`` just created, keep the run only if no other run with that key is
@@ -645,12 +649,13 @@ class Tracker:
                 kept.add(key)
         return kept
 
-    def held_keys(self, experiment_id: str, exclude: set[str] = frozenset()) -> set[str]:
+    def held_keys(self, experiment_id: str, exclude: Container[str] = frozenset()) -> set[str]:
         """``run_key`` tags of child runs FINISHED, or RUNNING with a live owner; runs in ``exclude`` aside."""
         runs = self._unfailed_runs(experiment_id)
         beats: dict[str, int | None] = {}
-        return {r.data.tags.get(TAG_KEY) for r in runs if r.info.run_id not in exclude and (
-            r.info.status == "FINISHED" or (r.info.status == "RUNNING" and self._alive(r, beats)))}
+        return {key for r in runs if r.info.run_id not in exclude and (
+            r.info.status == "FINISHED" or (r.info.status == "RUNNING" and self._alive(r, beats)))
+            and (key := r.data.tags.get(TAG_KEY)) is not None}
 
     def statuses(self, experiment_id: str, run_ids: Iterable[str]) -> dict[str, str]:
         """``run_id -> status`` of the given runs of the experiment, in one search per 100."""
@@ -670,7 +675,7 @@ class Tracker:
         keys = set(keys)
         return keys & finished, keys - finished - running
 
-    def _unfailed_runs(self, experiment_id: str) -> list:
+    def _unfailed_runs(self, experiment_id: str) -> list[Run]:
         """The experiment's child runs that are FINISHED or still RUNNING."""
         return self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' and attributes.status != 'FAILED' "
                                           f"and attributes.status != 'KILLED'")
@@ -682,7 +687,8 @@ class Tracker:
         seconds, whatever host it ran on. Runs with no heartbeat (tune's, whose trials Optuna's
         heartbeat watches) are judged by the pid check alone.
         """
-        n, beats = 0, {}
+        n = 0
+        beats: dict[str, int | None] = {}
         for r in self.search(experiment_id, "attributes.status = 'RUNNING'"):
             reason = self._death(r, beats)
             if reason:
@@ -690,10 +696,10 @@ class Tracker:
                 n += 1
         return n
 
-    def _alive(self, run, beats: dict) -> bool:
+    def _alive(self, run: Run, beats: dict[str, int | None]) -> bool:
         return self._death(run, beats) is None
 
-    def _death(self, run, beats: dict[str, int | None]) -> str | None:
+    def _death(self, run: Run, beats: dict[str, int | None]) -> str | None:
         """Why ``run``'s owner counts as dead, or None while it may be alive. ``beats`` caches heartbeats."""
         owner_ = run.data.tags.get(TAG_OWNER)
         if not owner_ or owner_ == owner():
@@ -705,15 +711,15 @@ class Tracker:
             return None
         if holder not in beats:
             if holder == run.info.run_id:
-                beat = run.data.tags.get(TAG_HEARTBEAT)
+                tag = run.data.tags.get(TAG_HEARTBEAT)
             else:
                 try:
-                    beat = self.client.get_run(holder).data.tags.get(TAG_HEARTBEAT)
+                    tag = self.client.get_run(holder).data.tags.get(TAG_HEARTBEAT)
                 except MlflowException as e:
                     if _is_unreachable(e):
                         raise
-                    beat = None  # parent deleted
-            beats[holder] = int(beat) if beat and beat.isdigit() else None
+                    tag = None  # parent deleted
+            beats[holder] = int(tag) if tag and tag.isdigit() else None
         beat = beats[holder]
         if beat is None:
             return None  # no heartbeat kept (an older ffnn, or a tune run): the pid check alone decides
@@ -723,8 +729,9 @@ class Tracker:
             return f"owner {owner_} stopped: no heartbeat for {age:.0f} s (grace {grace:g} s)"
         return None
 
-    def search(self, experiment_id: str, filter_string: str) -> list:
-        runs, token = [], None
+    def search(self, experiment_id: str, filter_string: str) -> list[Run]:
+        runs: list[Run] = []
+        token = None
         while True:
             page = self.client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
             runs.extend(page)
@@ -741,7 +748,8 @@ class Tracker:
 
     def dataset_profile(self, run_id: str) -> dict[str, Any]:
         """The profile ``log_dataset`` recorded on the run (num_train, num_test, sha256); {} if none."""
-        for d in self.client.get_run(run_id).inputs.dataset_inputs:
+        inputs = self.client.get_run(run_id).inputs
+        for d in inputs.dataset_inputs if inputs is not None else []:
             try:
                 return dict(json.loads(d.dataset.profile or "{}"))
             except ValueError:
@@ -823,7 +831,7 @@ class SystemMetrics:
             monitor.publish_metrics(leftover)
             monitor.mlflow_logger.flush()
 
-    def __enter__(self) -> "SystemMetrics":
+    def __enter__(self) -> SystemMetrics:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -867,9 +875,9 @@ def ui_server(uri: str | None = None, port: int = 5000, host: str = "127.0.0.1",
     if root:
         cmd += ["--default-artifact-root", root]
     url = f"http://{host}:{port}"
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=telemetry_env(os.environ))
+    with open(log or os.devnull, "w") as out:  # the server writes to its own copy of the file
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=telemetry_env(os.environ))
     try:
         deadline = time.time() + timeout
         while True:
@@ -894,5 +902,3 @@ def ui_server(uri: str | None = None, port: int = 5000, host: str = "127.0.0.1",
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if log:
-            out.close()

@@ -11,8 +11,9 @@ import functools
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ class TrainConfig:
     eval_every: int = 500  # optimizer steps between evaluations; the last step is always evaluated
     seed: int = 0  # seeds the weights and the batch order
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -90,6 +91,9 @@ class DivergenceRule:
                 f"(at iteration {step}: {loss:.4g})")
 
 
+DEFAULT_RULE = DivergenceRule()  # the trainers' default (frozen: one instance serves every call)
+
+
 class DeviceError(UserError):
     """The requested device is not available."""
 
@@ -97,7 +101,7 @@ class DeviceError(UserError):
 class Diverged(Exception):
     """The training loss became NaN or infinite, or stayed above the divergence threshold."""
 
-    def __init__(self, step: int, loss: float, losses: list[tuple[int, float]], rule: "DivergenceRule"):
+    def __init__(self, step: int, loss: float, losses: list[tuple[int, float]], rule: DivergenceRule):
         super().__init__(rule.reason(step, loss))
         self.step = step
         self.loss = loss
@@ -135,7 +139,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Percent of ``x`` classified as ``y``."""
     model.eval()
     correct = 0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+    for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size)):
         correct += (model(xb).argmax(1) == yb).sum().item()
     model.train()
     return 100.0 * correct / len(y)
@@ -149,7 +153,7 @@ def train(
     x_eval: torch.Tensor,  # (M, 784)
     y_eval: torch.Tensor,  # (M,)
     on_eval: Callable[[EvalPoint], None] | None = None,
-    rule: DivergenceRule = DivergenceRule(),
+    rule: DivergenceRule = DEFAULT_RULE,
 ) -> TrainResult:
     """Train ``spec`` with SGD on cross-entropy; evaluate every ``cfg.eval_every`` steps."""
     device = x_train.device
@@ -166,11 +170,12 @@ def train(
     start = time.perf_counter()
     while step < cfg.iters:
         perm = torch.randperm(n, generator=batch_order).to(device)
-        for idx in perm.split(cfg.batch_size):
+        for idx in torch.split(perm, cfg.batch_size):
             step += 1
-            loss = F.cross_entropy(model(x_train.index_select(0, idx)), y_train.index_select(0, idx))  # faster than x[idx]
+            # index_select: faster than x[idx]
+            loss = F.cross_entropy(model(x_train.index_select(0, idx)), y_train.index_select(0, idx))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is unannotated
             optimizer.step()
 
             value = loss.item()

@@ -10,6 +10,7 @@ prune decision, so N workers never race on either store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -19,11 +20,12 @@ import time
 import warnings
 import zlib
 from collections import Counter
-from datetime import datetime
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Protocol, runtime_checkable
 
 import optuna
 import torch
@@ -78,15 +80,16 @@ def storage_label(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.BaseStorage:
+def open_storage(url: str, on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+                 ) -> optuna.storages.BaseStorage:
     """An RDB URL (``sqlite:///...``, ``postgresql://...``), ``redis://...``, or a journal file path.
 
     RDB storages keep Optuna's heartbeat: a RUNNING trial whose heartbeat is older than
     ``FFNN_HEARTBEAT_GRACE`` seconds is FAILED by the next process that asks, and ``on_stale`` is called
     with it (see ``StaleTrials``)."""
     grace = heartbeat_grace()
-    beat = {"heartbeat_interval": max(1, int(heartbeat_interval())), "grace_period": max(2, math.ceil(grace)),
-            "heartbeat_stale_trial_callback": on_stale}
+    rdb = partial(optuna.storages.RDBStorage, url, heartbeat_interval=max(1, int(heartbeat_interval())),
+                  grace_period=max(2, math.ceil(grace)), heartbeat_stale_trial_callback=on_stale)
     try:
         if url.startswith("redis://"):
             from optuna.storages.journal import JournalRedisBackend
@@ -97,16 +100,16 @@ def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.
             return optuna.storages.JournalStorage(JournalFileBackend(url))
         warnings.filterwarnings("ignore", "Argument ``heartbeat_interval``", optuna.exceptions.ExperimentalWarning)
         if not url.startswith("sqlite:///"):
-            return optuna.storages.RDBStorage(url, **beat)
+            return rdb()
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):
+        # another tune or optuna-dashboard may hold the lock for a moment: wait, do not fail
+        rdb = partial(rdb, engine_kwargs={"connect_args": {"timeout": 60}})
+        for attempt in range(2):
             try:
-                # another tune or optuna-dashboard may hold the lock for a moment: wait, do not fail
-                return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+                return rdb()
             except Exception:
-                if attempt == 2:
-                    raise
                 time.sleep(1 + attempt)  # another process was creating the schema at this instant
+        return rdb()  # the third try: its error is the caller's
     except Exception as e:  # driver and connection errors come as many types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise StorageError(f"Optuna storage {storage_label(url)!r} is unusable: {first}") from None
@@ -176,29 +179,38 @@ def _fail_running(study: optuna.Study, dead: Callable[[optuna.trial.FrozenTrial]
                 on_stale(study, t)
 
 
+@runtime_checkable
+class _Heartbeats(Protocol):
+    """What a storage that keeps Optuna's trial heartbeat offers (Optuna exports no such base class)."""
+
+    def get_heartbeat_interval(self) -> int | None: ...
+
+    def record_heartbeat(self, trial_id: int) -> None: ...
+
+
 class _TrialHeartbeat:
     """Records Optuna's heartbeat for this process's running trials from a thread (``study.optimize``
     would do it; we ask and tell ourselves). One write per trial and interval."""
 
     def __init__(self, storage: optuna.storages.BaseStorage):
-        self.storage = storage
+        # the storages that keep Optuna's heartbeat (RDB) have these two public methods; on when given an interval
+        self.storage = storage if isinstance(storage, _Heartbeats) else None
         self.trial_ids: set[int] = set()
-        self.enabled = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
+        self.enabled = self.storage is not None and self.storage.get_heartbeat_interval() is not None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True, name="ffnn-trial-heartbeat")
         if self.enabled:
             self.thread.start()
 
     def _beat(self) -> None:
+        assert self.storage is not None  # started only when enabled
         while not self.stop_event.wait(self.storage.get_heartbeat_interval()):
             for trial_id in list(self.trial_ids):
-                try:
+                with contextlib.suppress(Exception):  # a lost database shows in the main thread; next beat retries
                     self.storage.record_heartbeat(trial_id)
-                except Exception:  # a lost database shows in the main thread; the next beat tries again
-                    pass
 
     def add(self, trial: optuna.Trial) -> None:
-        if self.enabled:
+        if self.enabled and self.storage is not None:
             self.storage.record_heartbeat(trial._trial_id)
             self.trial_ids.add(trial._trial_id)
 
@@ -392,7 +404,7 @@ class _Study:
         best = self._best()
         if outcome.state == "COMPLETE":
             self.tracker.log_values(self.parent_id, {"trial_val_accuracy": outcome.value}, step=number)
-            if best is not None:
+            if best is not None and best.value is not None:
                 self.tracker.log_values(self.parent_id, {"best_val_accuracy": best.value}, step=number)
         what = (f"{outcome.value:.2f}% val" if outcome.state == "COMPLETE" else outcome.reason)
         self.say(f"{self.label} trial {number}: {outcome.state} {what} | {r.job.spec.describe()}, "
@@ -572,7 +584,8 @@ def write_outputs(study: optuna.Study, s: StudySummary, out: Path, cfg: TuneConf
     """best_params.json, trials.csv and plots.html: Optuna's four plots on one page, plotly.js inside, so it
     opens offline and in MLflow's artifact view (a sandboxed blob that cannot load a script beside it)."""
     out.mkdir(parents=True, exist_ok=True)
-    files, notes = [], []
+    files: list[Path] = []
+    notes: list[str] = []
     best = {"study": s.name, "storage": storage_label(cfg.storage), "model": s.model,
             "trials": s.states, "best_trial": s.best_number, "val_accuracy": s.best_value, "params": s.best_params,
             "hidden_sizes": s.best_spec.hidden_str if s.best_spec else None,
@@ -616,9 +629,10 @@ def final_runs(cfg: TuneConfig, studies: list[StudySummary], ctx: Context, say: 
     # the untuned baselines with the tutorial's lr, unless `compare` has them already; then one
     # comparison per tuned model, since each has its own lr
     baselines = tuple(s.model for s in tuned if s.model in REGISTRY)
-    calls = [(baselines, replace(cfg.train, lr=TrainConfig.lr, seed=0), {})] if baselines else []
+    calls: list[tuple[tuple[str, ...], TrainConfig, dict[str, ModelSpec]]] = (
+        [(baselines, replace(cfg.train, lr=TrainConfig.lr, seed=0), {})] if baselines else [])
     calls += [((f"{s.model}*",), replace(cfg.train, lr=float(s.best_params["lr"]), seed=0),
-               {f"{s.model}*": s.best_spec}) for s in tuned]
+               {f"{s.model}*": spec}) for s in tuned if (spec := s.best_spec) is not None]
     rows: dict[str, list[RunRow]] = {}
     for models, train_cfg, extra in calls:
         ccfg = CompareConfig(experiment=cfg.final_experiment, dataset=cfg.dataset, models=models,

@@ -12,10 +12,9 @@ every comparison is decided, or at ``max_seeds``. The design is recorded on the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable
-
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -89,7 +88,7 @@ def until_decided(cfg: CompareConfig, design: Design, ctx: Context, progress: Pr
                         f"--max-seeds {recorded.max_seeds} --margin {recorded.margin:g} (alpha {recorded.alpha:g}); "
                         f"use the same, or another --experiment")
     tracker.set_experiment_tags(exp_id, {TAG_SEQUENTIAL: design_tag(design)})
-    result = None
+    result: Decided | None = None
     training = cfg
     every: dict[tuple[str, int], RunRow] = {}  # the rows of every round: models stop at different looks
     for seeds in design.looks():
@@ -108,4 +107,5 @@ def until_decided(cfg: CompareConfig, design: Design, ctx: Context, progress: Pr
         # only the models of undecided comparisons get the next round's seeds
         still = set(undecided["a"]) | set(undecided["b"])
         training = replace(cfg, models=tuple(m for m in cfg.models if m in still))
+    assert result is not None  # design.looks() is never empty
     return result

@@ -34,6 +34,7 @@ pytestmark = [
 def store(tmp_path_factory):
     """A tiny compare, its report, and a tiny tune, in one temporary store."""
     from conftest import tune_toml, write_tiny_mirror
+
     from ffnn import data
 
     tmp = tmp_path_factory.mktemp("browser")
@@ -254,11 +255,12 @@ def test_make_dashboard_shows_the_study_and_its_trials(store, browser, tmp_path)
     port = free_port()
     storage = f"sqlite:///{store['tmp']}/mlruns/optuna.db"
     # -o install: the venv is set up already; make must not reinstall it under the test
-    proc = subprocess.Popen(["make", "-s", "-o", "install", "dashboard", f"STORAGE={storage}",
-                             f"DASHBOARD_PORT={port}", f"BIN={os.path.dirname(sys.executable)}"],
-                            cwd=REPO, stdout=open(tmp_path / "dashboard.log", "w"), stderr=subprocess.STDOUT,
-                            env={k: v for k, v in os.environ.items() if k not in QUIET_ANYWAY},
-                            start_new_session=True)
+    with open(tmp_path / "dashboard.log", "w") as log:  # make writes to its own copy of the file
+        proc = subprocess.Popen(["make", "-s", "-o", "install", "dashboard", f"STORAGE={storage}",
+                                 f"DASHBOARD_PORT={port}", f"BIN={os.path.dirname(sys.executable)}"],
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env={k: v for k, v in os.environ.items() if k not in QUIET_ANYWAY},
+                                start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         def answers() -> bool:

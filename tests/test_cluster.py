@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cli_command, tune_toml
 
 from ffnn.cluster import Cluster, _kill_group, request
-
-from conftest import cli_command, tune_toml
 
 pytestmark = pytest.mark.cluster
 
@@ -131,8 +130,8 @@ def test_cluster_refuses_requests_without_credentials(cluster):
 # ---------------------------------------------------------------- compare on three machines
 def test_three_machines_share_60_runs_each_trained_once(cluster, client, tiny, tmp_path):
     models, seeds = ["LR", "C", "D"], 20
-    procs = [start_machine(cluster, tiny, tmp_path, f"machine-{i}", *compare_argv("share" + SUFFIX, ",".join(models), seeds))
-             for i in range(3)]
+    argv = compare_argv("share" + SUFFIX, ",".join(models), seeds)
+    procs = [start_machine(cluster, tiny, tmp_path, f"machine-{i}", *argv) for i in range(3)]
     results = finish(procs)
     assert [rc for rc, _ in results] == [0, 0, 0], [err[-2000:] for _, err in results]
     children = assert_each_once(client, "share" + SUFFIX, models, seeds)
@@ -182,7 +181,8 @@ def test_a_machine_killed_mid_run_is_failed_after_the_grace_and_its_runs_retrain
 # ---------------------------------------------------------------- tune on four machines
 def test_four_tuning_machines_share_a_postgresql_study(cluster, client, tiny, tmp_path):
     n_trials = 6
-    (tmp_path / "tune.toml").write_text(tune_toml("tune-cluster" + SUFFIX, n_trials, f'study_name = "cluster-C{SUFFIX}"'))
+    (tmp_path / "tune.toml").write_text(
+        tune_toml("tune-cluster" + SUFFIX, n_trials, f'study_name = "cluster-C{SUFFIX}"'))
     argv = ["tune", "--config", str(tmp_path / "tune.toml"), "--workers", "2", "--iters", "300"]
     procs = [start_machine(cluster, tiny, tmp_path, f"machine-{i}", *argv) for i in range(4)]
 

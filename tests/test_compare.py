@@ -128,6 +128,7 @@ def test_compare_bad_input_is_one_line_and_exit_2(tiny, tmp_path, capsys, argv, 
 def test_every_finished_run_records_which_test_images_it_got_right(tiny, tmp_path):
     """The ``ffnn.test_correct`` tag: n_test bits whose mean is the run's final test accuracy; none on a failure."""
     import numpy as np
+
     from ffnn.bits import unpack_correct
     from ffnn.tracking import TAG_TEST_CORRECT
     rc, client = run_compare(tmp_path, "--models", "LR,C", "--seeds", "2", "--workers", "1", "--iters", "5",

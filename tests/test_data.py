@@ -10,7 +10,7 @@ def test_load_from_mirror_gives_scaled_flat_tensors(tiny, tmp_path):
     ds = data.load(tiny, tmp_path / "data")
     assert ds.x_train.shape == (600, 784) and ds.x_test.shape == (200, 784)
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
     assert ds.sha256 == tiny.digest
     # installed in torchvision's layout, verified, uncompressed
     assert sorted(p.name for p in (tmp_path / "data" / "TINY" / "raw").iterdir()) == sorted(data.FILES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -9,10 +10,9 @@ import subprocess
 import time
 
 import pytest
+from conftest import cli_command
 
 from ffnn.tracking import Tracker
-
-from conftest import cli_command
 
 pytestmark = pytest.mark.slow  # subprocesses and real signals: `make test-slow`
 
@@ -134,7 +134,5 @@ def test_kill_9_leaves_no_process_behind(tiny, tmp_path, command):
         time.sleep(5)
         assert group_members(proc.pid) == []
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

@@ -115,6 +115,7 @@ def test_the_console_script_exits_with_the_status_and_all_its_output(tiny, tmp_p
     """``main_exit`` leaves without Python's teardown: the status and every line must still come out."""
     import os
     import subprocess
+
     from conftest import cli_command
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe's output stays buffered
     ok = subprocess.run(cli_command(tiny, "data", "--dataset", "tiny", "--data-dir", str(tmp_path / "data")),

@@ -16,9 +16,9 @@ import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
+from conftest import cli_command, tune_toml
 from mlflow import MlflowClient
 
-from conftest import cli_command, tune_toml
 from ffnn import cli, data
 from ffnn.tracking import BEST_ALIAS, Tracker, free_port, registry_name, telemetry_env
 from ffnn.train import evaluate
@@ -73,9 +73,11 @@ def test_every_finished_run_logs_a_model_with_signature_and_example(tiny, tmp_pa
     for run in runs:
         info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
         uuids.add(info.model_uuid)
-        folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / run.info.run_id))
-        assert mlflow.models.Model.load(folder).model_size_bytes == sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()
-                                            and f.name != "MLmodel")  # as save_model counts: before MLmodel
+        folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model",
+                                                     dst_path=str(tmp_path / run.info.run_id))
+        # as save_model counts: before MLmodel
+        assert mlflow.models.Model.load(folder).model_size_bytes == sum(
+            f.stat().st_size for f in Path(folder).rglob("*") if f.is_file() and f.name != "MLmodel")
         assert evaluate(mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model"), ds.x_test, ds.y_test) == \
             pytest.approx(run.data.metrics["final_test_accuracy"], abs=0.01)
     assert len(uuids) == 4
@@ -86,7 +88,7 @@ def test_every_finished_run_logs_a_model_with_signature_and_example(tiny, tmp_pa
         example = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").input_example
         assert example.shape == (5, 784) and example.dtype == np.float32
         reqs = MlflowClient(uri).download_artifacts(run.info.run_id, "model/requirements.txt", str(tmp_path))
-        assert f"torch=={torch.__version__.split('+')[0]}" in open(reqs).read()
+        assert f"torch=={torch.__version__.split('+')[0]}" in Path(reqs).read_text()
         assert json.loads(run.data.tags["mlflow.log-model.history"])[0]["artifact_path"] == "model"
         model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
         assert model(torch.from_numpy(example)).shape == (5, 10)
@@ -186,10 +188,10 @@ def test_served_model_answers_predictions(tiny, tmp_path):
     # the server runs uvicorn from the environment's bin folder, as an activated venv has it on PATH
     env = {**telemetry_env(os.environ), "MLFLOW_TRACKING_URI": uri,
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/t-C@{BEST_ALIAS}",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    with open(tmp_path / "serve.log", "w") as log:  # the server writes to its own copy of the file
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/t-C@{BEST_ALIAS}",
+                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 120
         while True:

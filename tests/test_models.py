@@ -6,14 +6,14 @@ from ffnn.models import REGISTRY, ModelSpec, SpecError, build_model, count_param
 
 
 def test_registry_has_the_tutorials_models_exactly():
-    assert REGISTRY == {
+    assert {
         "LR": ModelSpec((), "none"),
         "A": ModelSpec((100,), "sigmoid"),
         "B": ModelSpec((100,), "tanh"),
         "C": ModelSpec((100,), "relu"),
         "D": ModelSpec((100, 100), "relu"),
         "E": ModelSpec((100, 100, 100), "relu"),
-    }
+    } == REGISTRY
 
 
 @pytest.mark.parametrize("name, n_params", [

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
@@ -288,7 +287,8 @@ def test_every_export_exists_and_parses(full):
     assert {"pop_low", "pop_high", "pop_verdict", "p_fail", "seeds_low", "seeds_high"} <= set(comparisons.columns)
     md = (full.out / "summary.md").read_text()
     assert "(comparisons.png)" in md and "New-images verdict" in md
-    assert md.splitlines()[2] == "## Answer" and "- LR -> C (add a relu hidden layer): **helped**, +3.95" in md.split("## Models")[0]
+    assert md.splitlines()[2] == "## Answer"
+    assert "- LR -> C (add a relu hidden layer): **helped**, +3.95" in md.split("## Models")[0]
     assert "| Model | Spec |" in md and "![" in md and "(accuracy_curves.png)" in md and "## Method" in md
     p = np.mean([a for accs in ACC.values() for a in accs]) / 100
     assert f"binomial standard error of one run's test accuracy is {100 * math.sqrt(p * (1 - p) / 200):.2f}" in md

@@ -18,8 +18,19 @@ from ffnn.report import looks, scope, sequential, spending
 from ffnn.report.scope import new_images_se, pigeonhole_bootstrap_se
 from ffnn.report.sequential import Design, cs_interval, cs_multiplier, log_bayes_factor
 from ffnn.report.spending import spent, t_critical, z_boundaries
-from ffnn.report.stats import (binomial_se, decide, failure_test, holm, mean_ci, paired_or_welch, paired_pvalues,
-                               seeds_range, seeds_to_decide, sd_interval, tost_power)
+from ffnn.report.stats import (
+    binomial_se,
+    decide,
+    failure_test,
+    holm,
+    mean_ci,
+    paired_or_welch,
+    paired_pvalues,
+    sd_interval,
+    seeds_range,
+    seeds_to_decide,
+    tost_power,
+)
 
 A = [91.7, 91.8, 91.9, 91.75, 91.85]
 B = [91.9, 91.95, 92.2, 91.9, 92.1]
@@ -97,7 +108,7 @@ def test_holm_interval_excludes_0_and_tost_interval_lies_within_the_margin_exact
             for got, pvals in ((h, [t.p for t in tests]), (e, [t.p_tost for t in tests])):
                 ref = multipletests(pvals, alpha, "holm")
                 assert got.rejected.tolist() == ref[0].tolist() and got.p_adj == pytest.approx(ref[1])
-        for i, t in enumerate(tests):
+        for i in range(len(tests)):
             ref = stats.ttest_rel(y[:, i], x[:, i])
             ci = ref.confidence_interval(1 - h.tested_at[i])
             assert (ci.low > 0 or ci.high < 0) == h.rejected[i]

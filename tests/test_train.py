@@ -31,7 +31,7 @@ def test_train_same_seed_gives_identical_metrics(ds):
     for _ in range(2):
         losses = []
         res = train(REGISTRY["D"], cfg, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                    lambda p: losses.extend(p.losses))
+                    lambda p, losses=losses: losses.extend(p.losses))
         runs.append((res.history, losses))
     assert runs[0] == runs[1]
     other = train(REGISTRY["D"], TrainConfig(batch_size=32, iters=60, eval_every=20, seed=4),

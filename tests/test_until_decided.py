@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 
 from ffnn import cli
-from ffnn.report.build import design_from_tag
 from ffnn import until_decided as ud
 from ffnn.config import CompareConfig
+from ffnn.report.build import design_from_tag
 from ffnn.report.sequential import Design
 from ffnn.report.spending import t_critical, z_boundaries
 from ffnn.tracking import TAG_SEQUENTIAL, Tracker
@@ -18,8 +18,8 @@ from ffnn.tracking import TAG_SEQUENTIAL, Tracker
 
 def _argv(tmp_path, uri: str, *extra: str) -> list[str]:
     return ["compare", "--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--tracking-uri", uri,
-            "--experiment", "seq", "--models", "LR,C", "--workers", "1", "--iters", "10", "--eval-every", "5", "--lr", "0.01",
-            "--batch-size", "20", "--until-decided", "--round", "2", "--max-seeds", "4", *extra]
+            "--experiment", "seq", "--models", "LR,C", "--workers", "1", "--iters", "10", "--eval-every", "5",
+            "--lr", "0.01", "--batch-size", "20", "--until-decided", "--round", "2", "--max-seeds", "4", *extra]
 
 
 def test_until_decided_trains_in_rounds_records_the_design_and_resumes(tiny, tmp_path, monkeypatch, capsys):

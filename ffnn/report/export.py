@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import html
 import re
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -20,6 +20,7 @@ from .spending import METHOD_NAME as SPENDING_NAME
 from .stats import MIN_SEEDS
 
 NO_STEPS = "No capacity steps among the models present."
+FOREST = "comparisons.png"
 LEFT = {"Model", "Spec", "Device", "Family", "Comparison", "Change", "Pairing", "Verdict", "New-images verdict",
         "Failures"}
 
@@ -85,7 +86,8 @@ def method_text(report: Report) -> list[str]:
         f"(S. R. Searle, G. Casella and C. E. McCulloch, Variance Components, Wiley 1992; X. Bouthillier et al., "
         f"Accounting for variance in machine learning benchmarks, MLSys 2021), with the seeds' n - 1 degrees "
         f"of freedom (conservative: Welch-Satterthwaite's would be larger, and could make the wider error's "
-        f"interval the narrower one). Where the scopes disagree the answer says so; where the test-image term alone would keep a "
+        f"interval the narrower one). Where the scopes disagree the answer says so; "
+        f"where the test-image term alone would keep a "
         f"comparison undecided at any number of seeds it says more seeds will not decide it. Runs logged without "
         f"per-image records have no new-images scope (unavailable). {se}",
         f"Each comparison a -> b estimates mean(b) - mean(a) of the final test accuracy, in points. Seeds pair by "
@@ -194,11 +196,12 @@ def markdown(report: Report, plots: list[str]) -> str:
              "## Answer", "", *(answers or [NO_STEPS]), "",
              f"{report.evidence()}. Accuracy in percent, differences in points. "
              f"Tracking store: `{report.uri}`; generated {_now()}.", "",
+             *([f"![{PLOTS[FOREST]}]({FOREST})", ""] if FOREST in plots else []),  # the picture of the answer
              "## Models", "", markdown_table(models), "",
              "## Comparisons", "", f"Verdicts: {_md(report.verdict_header())}.", "",
              markdown_table(comparisons) if len(comparisons) else NO_STEPS, ""]
     if plots:
-        parts += ["## Plots", ""] + [f"![{PLOTS[p]}]({p})\n" for p in plots]
+        parts += ["## Plots", ""] + [f"![{PLOTS[p]}]({p})\n" for p in plots if p != FOREST]
     if report.notes:
         parts += ["## Notes", "", *(f"- {_md(n)}" for n in report.notes), ""]
     parts += ["## Method", "", *(p + "\n" for p in method_text(report))]
@@ -242,9 +245,11 @@ def html_page(report: Report, figures: dict[str, bytes]) -> str:
     esc = html.escape
     bold = re.compile(r"(?<=: )(helped|hurt|negligible|equivalent|undecided)\b")
     answers = "".join("<li>" + bold.sub(r"<b>\1</b>", esc(s), count=1) + "</li>" for s in report.answer_lines())
-    images = "".join(f'<figure><img alt="{esc(PLOTS[n])}" src="data:image/png;base64,'
-                     f'{base64.b64encode(png).decode()}"><figcaption>{esc(PLOTS[n])}</figcaption></figure>'
-                     for n, png in figures.items())
+    figure = {n: f'<figure><img alt="{esc(PLOTS[n])}" src="data:image/png;base64,'
+                 f'{base64.b64encode(png).decode()}"><figcaption>{esc(PLOTS[n])}</figcaption></figure>'
+              for n, png in figures.items()}
+    forest = figure.pop(FOREST, "")  # the picture of the answer, right under it
+    images = "".join(figure.values())
     notes = "".join(f"<li>{esc(n)}</li>" for n in report.notes)
     method = "".join(f"<p>{esc(p)}</p>" for p in method_text(report))
     title = f"ffnn report: {', '.join(report.cfg.experiments)}"
@@ -256,15 +261,17 @@ table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }}
 th, td {{ padding: 0.3em 0.6em; border-bottom: 1px solid #ddd; text-align: right; }}
 th {{ border-bottom: 2px solid #444; }}
 td:nth-child(-n+3), th:nth-child(-n+3) {{ text-align: left; }}
+.wide {{ overflow-x: auto; }}
 img {{ max-width: 100%; }} figure {{ margin: 1.5em 0; }} figcaption {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
 <h2>Answer</h2>{f"<ul>{answers}</ul>" if answers else f"<p>{NO_STEPS}</p>"}
 <p>{esc(report.evidence())}. Accuracy in percent, differences in points.
 Tracking store: <code>{esc(report.uri)}</code>; generated {esc(_now())}.</p>
-<h2>Models</h2>{models.to_html(index=False, border=0)}
+{forest}
+<h2>Models</h2><div class="wide">{models.to_html(index=False, border=0)}</div>
 <h2>Comparisons</h2><p>Verdicts: {esc(report.verdict_header())}.</p>
-{comparisons.to_html(index=False, border=0) if len(comparisons) else f"<p>{NO_STEPS}</p>"}
+{f'<div class="wide">{comparisons.to_html(index=False, border=0)}</div>' if len(comparisons) else f"<p>{NO_STEPS}</p>"}
 {"<h2>Plots</h2>" + images if images else ""}
 {"<h2>Notes</h2><ul>" + notes + "</ul>" if notes else ""}
 <h2>Method</h2>{method}
@@ -273,7 +280,7 @@ Tracking store: <code>{esc(report.uri)}</code>; generated {esc(_now())}.</p>
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def write_files(report: Report, figures: dict[str, bytes]) -> list[Path]:

@@ -10,12 +10,13 @@ whose seeds grew since an earlier look is decided by the anytime-valid rule inst
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 MAX_LOOKS = 100  # kept on the experiment; older ones are dropped (the earliest matters most: kept first)
 
 
-def parse_looks(text: str | None) -> list[dict]:
+def parse_looks(text: str | None) -> list[dict[str, Any]]:
     """``parse_looks('[{"seeds": {"C": 5}, "alpha": 0.05, "margin": 0.2}]')[0]["seeds"] == {"C": 5}``"""
     if not text:
         return []
@@ -27,7 +28,7 @@ def parse_looks(text: str | None) -> list[dict]:
         if isinstance(looks, list) else []
 
 
-def add_look(looks: list[dict], seeds: dict[str, int], alpha: float, margin: float) -> str | None:
+def add_look(looks: list[dict[str, Any]], seeds: dict[str, int], alpha: float, margin: float) -> str | None:
     """The tag text with this look appended; None when it is the same as the last one (nothing new seen)."""
     look = {"seeds": dict(sorted(seeds.items())), "alpha": alpha, "margin": margin}
     if looks and looks[-1] == look:
@@ -36,7 +37,7 @@ def add_look(looks: list[dict], seeds: dict[str, int], alpha: float, margin: flo
     return json.dumps([*kept, look], separators=(",", ":"))
 
 
-def grown_steps(looks: Sequence[dict], steps: Sequence[tuple[str, str, str]], seeds: dict[str, int]
+def grown_steps(looks: Sequence[dict[str, Any]], steps: Sequence[tuple[str, str, str]], seeds: dict[str, int]
                 ) -> dict[str, int]:
     """Families -> the fewest seeds an earlier look saw, for families with a step that grew since.
 

@@ -10,8 +10,8 @@ models of that family: adding tuned models never changes the tutorial chain's ve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..models import REGISTRY
 from .runs import ModelInfo

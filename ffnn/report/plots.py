@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import matplotlib.lines
@@ -132,7 +132,7 @@ def render_plots(sel: Selection, curves: dict[str, pd.DataFrame], summary: pd.Da
         spacing = mine.groupby("seed")["step"].diff().median()  # steps per logged point (50; 10 in older runs)
         window = max(1, round(LOSS_SMOOTHING / spacing)) if spacing > 0 else 1
         mine = mine.assign(value=mine.groupby("seed")["value"].transform(
-            lambda v: v.rolling(window, min_periods=1).mean()))
+            lambda v, window=window: v.rolling(window, min_periods=1).mean()))
         b = band(mine, confidence)
         ax.plot(b["step"], b["mean"], color=colors[m], label=label[m], lw=1.5)
         ax.fill_between(b["step"], b["low"], b["high"], color=colors[m], alpha=0.2, lw=0)

@@ -6,8 +6,8 @@ Reads the columns ``tracking.RUN_COLUMNS`` names; never imports mlflow.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,7 @@ def _number(text: object) -> float | int | str:
                 return float(text)
             except ValueError:
                 return text
-    return text
+    return text if isinstance(text, (int, float)) else str(text)  # never seen: params come back as text
 
 
 def tidy_runs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -188,7 +188,7 @@ def select_runs(runs: pd.DataFrame, models: Sequence[str] = ()) -> Selection:
     for name in model_order(latest["model"].unique()):
         mine = latest[latest["model"] == name].sort_values("start_time", kind="stable")
         info = model_info(mine.iloc[-1])
-        same = mine.apply(lambda r: model_info(r) == info, axis=1)
+        same = mine.apply(lambda r, info=info: model_info(r) == info, axis=1)
         if not same.all():
             notes.append(f"{name}: {int((~same).sum())} run(s) with another spec or training config left out "
                          f"(kept {info.spec.describe()}, {train_text(info)})")
@@ -225,8 +225,8 @@ def train_text(info: ModelInfo) -> str:
 
 def seed_text(seeds: Sequence[int]) -> str:
     """``[0, 1, 2, 4]`` -> ``"0-2,4"``"""
-    seeds, parts = sorted(seeds), []
-    for s in seeds:
+    parts: list[list[int]] = []  # [first, last] of each run of consecutive seeds
+    for s in sorted(seeds):
         if parts and s == parts[-1][1] + 1:
             parts[-1][1] = s
         else:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import MIN_SEEDS, decide
+from .stats import MIN_SEEDS
 
 METHOD_NAME = ("anytime-valid confidence sequences (the t-test mixture of Lai 1976; Wang & Ramdas 2023), "
                "Bonferroni over the comparisons of a family")
@@ -58,7 +58,7 @@ def log_bayes_factor(t: np.ndarray, n: int, tau2: float = TAU2) -> np.ndarray:
     return -0.5 * math.log(c) + (nu + 1) / 2 * (np.log1p(t ** 2 / nu) - np.log1p(t ** 2 / (nu * c)))
 
 
-def cs_interval(diff: np.ndarray, se: np.ndarray, n: np.ndarray, alpha: float
+def cs_interval(diff: float | np.ndarray, se: float | np.ndarray, n: int | np.ndarray, alpha: float
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) of the confidence sequence at n seeds; NaN where no interval exists.
 

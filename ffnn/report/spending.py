@@ -27,8 +27,8 @@ later also shown within the margin becomes negligible).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 from scipy import optimize, stats
@@ -44,7 +44,8 @@ GRID = 801  # points of the recursive integration's grid; boundaries are exact t
 
 def spent(t: float | np.ndarray, alpha: float, rho: float = RHO) -> np.ndarray:
     """Two-sided alpha spent by information fraction ``t``: ``spent(0.5, 0.05) == 0.0125``"""
-    return alpha * np.clip(np.asarray(t, float), 0.0, 1.0) ** rho
+    out: np.ndarray = alpha * np.clip(np.asarray(t, float), 0.0, 1.0) ** rho
+    return out
 
 
 def z_boundaries(fractions: Sequence[float], alpha: float, rho: float = RHO) -> np.ndarray:
@@ -68,18 +69,14 @@ def z_boundaries(fractions: Sequence[float], alpha: float, rho: float = RHO) -> 
     for k in range(1, len(t)):
         w = _simpson(x)
         s = math.sqrt(t[k] - t[k - 1])
-
-        def exit_prob(z: float) -> float:
-            bk = z * math.sqrt(t[k])
-            return float(np.sum(w * f * (stats.norm.cdf((-bk - x) / s) + stats.norm.sf((bk - x) / s))))
-
+        grid = (float(t[k]), w, f, x, s)
         target = increments[k]
-        if exit_prob(0.0) <= target:
+        if _exit_prob(0.0, *grid) <= target:
             c[k] = 0.0
-        elif exit_prob(40.0) >= target:
+        elif _exit_prob(40.0, *grid) >= target:
             c[k] = 40.0
         else:
-            c[k] = optimize.brentq(lambda z: exit_prob(z) - target, 0.0, 40.0, xtol=1e-10)
+            c[k] = optimize.brentq(_exit_excess, 0.0, 40.0, args=(*grid, target), xtol=1e-10)
         bk = c[k] * math.sqrt(t[k])
         new_x = np.linspace(-bk, bk, GRID)
         f = (stats.norm.pdf((new_x[:, None] - x[None, :]) / s) / s) @ (w * f)
@@ -87,9 +84,20 @@ def z_boundaries(fractions: Sequence[float], alpha: float, rho: float = RHO) -> 
     return c
 
 
+def _exit_prob(z: float, t_k: float, w: np.ndarray, f: np.ndarray, x: np.ndarray, s: float) -> float:
+    """P(the score, on the grid ``x`` with sub-density ``f``, leaves (-z sqrt(t_k), z sqrt(t_k)) in the next step)."""
+    bk = z * math.sqrt(t_k)
+    return float(np.sum(w * f * (stats.norm.cdf((-bk - x) / s) + stats.norm.sf((bk - x) / s))))
+
+
+def _exit_excess(z: float, t_k: float, w: np.ndarray, f: np.ndarray, x: np.ndarray, s: float, target: float) -> float:
+    """``_exit_prob`` minus ``target``: the root brentq finds is the boundary c_k."""
+    return _exit_prob(z, t_k, w, f, x, s) - target
+
+
 def _simpson(x: np.ndarray) -> np.ndarray:
     """Simpson's weights on an odd-length uniform grid."""
-    h = x[1] - x[0]
+    h = float(x[1] - x[0])
     w = np.ones(len(x))
     w[1:-1:2], w[2:-1:2] = 4, 2
     return w * h / 3
@@ -97,7 +105,8 @@ def _simpson(x: np.ndarray) -> np.ndarray:
 
 def t_critical(z: float | np.ndarray, df: float | np.ndarray) -> np.ndarray:
     """The t quantile with the same nominal one-sided level as ``z``: ``t_critical(1.96, 1e9)`` -> 1.96."""
-    return stats.t.isf(stats.norm.sf(z), df)
+    out: np.ndarray = stats.t.isf(stats.norm.sf(z), df)  # scipy is untyped: its result's type stated here
+    return out
 
 
 @lru_cache(maxsize=256)
@@ -186,7 +195,8 @@ def _t_table(z_table: np.ndarray, df: np.ndarray) -> np.ndarray:
 def _last_reached(n: np.ndarray) -> np.ndarray:
     """Per (experiment, comparison): the last look index with an estimate (n >= MIN_SEEDS), else the last."""
     reached = n >= MIN_SEEDS
-    idx = np.where(reached.any(1), n.shape[1] - 1 - np.argmax(reached[:, ::-1, :], axis=1), n.shape[1] - 1)
+    idx: np.ndarray = np.where(reached.any(1), n.shape[1] - 1 - np.argmax(reached[:, ::-1, :], axis=1),
+                               n.shape[1] - 1)
     return idx
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -89,8 +89,9 @@ def paired_pvalues(d: np.ndarray, margin: float) -> tuple[np.ndarray, ...]:
     return diff, se, p, p_tost
 
 
-def paired_or_welch(a: Sequence[float], b: Sequence[float], seeds_a: Sequence[int] | None = None,
-                    seeds_b: Sequence[int] | None = None, margin: float = 0.2) -> Test:
+def paired_or_welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
+                    seeds_a: Sequence[int] | np.ndarray | None = None,
+                    seeds_b: Sequence[int] | np.ndarray | None = None, margin: float = 0.2) -> Test:
     """Paired t-test on the seeds both share when there are >= 2 of them; Welch's test otherwise.
 
     ``paired_or_welch([1, 2, 3], [2, 3, 5], [0, 1, 2], [0, 1, 2]).paired is True``

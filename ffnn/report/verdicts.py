@@ -15,8 +15,8 @@ The new-images scope runs the same rule on the standard error that adds the test
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,11 +60,14 @@ def _first(side: _Side, seeds: Sequence[int]) -> _Side:
 
 def _images(side: _Side, seeds: Sequence[int], failed: dict[int, bool]) -> np.ndarray | None:
     """(n, N) per-image correctness for ``seeds`` (a failed seed: chance on every image); None if any lacks it."""
-    rows, by_seed = [], dict(zip(side.seeds.tolist(), side.correct))
+    rows: list[np.ndarray | None] = []  # None: a failed seed without a record
+    by_seed = dict(zip(side.seeds.tolist(), side.correct))
+    missing = False
     for s in seeds:
         text = by_seed.get(s) or ""
-        rows.append(None if failed[s] and not text else unpack_correct(text) if text else "missing")
-    if any(isinstance(r, str) for r in rows):
+        missing |= not failed[s] and not text
+        rows.append(unpack_correct(text) if text else None)
+    if missing:
         return None
     width = {len(r) for r in rows if r is not None}
     if len(width) != 1:
@@ -168,13 +171,14 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
                 reason = (f"{worse} fails more often ({int(b.failed.sum() if worse == s.b else a.failed.sum())} of "
                           f"{len(b.failed) if worse == s.b else len(a.failed)} seeds, Fisher p {p_fail:.2g})")
             sd = t.sd if t.sd > 0 else fallback_sd
-            need = (None, None, None)
+            need: tuple[int | None, int | None, int | None] = (None, None, None)
             if verdict == "undecided" and not (seq and design is not None):
                 n_obs = t.n_a if t.paired else min(t.n_a, t.n_b)
                 need = seeds_range(t.diff, sd, max(n_obs, 2), margin, alpha / m, power, t.paired, confidence)
             rows.append({"family": family, "a": s.a, "b": s.b, "change": s.change,
                          "spec_a": sel.models[s.a].spec.describe(), "spec_b": sel.models[s.b].spec.describe(),
-                         "rule": "spending" if design is not None else "anytime" if seq else "holm", "paired": t.paired, "n_a": t.n_a, "n_b": t.n_b,
+                         "rule": "spending" if design is not None else "anytime" if seq else "holm",
+                         "paired": t.paired, "n_a": t.n_a, "n_b": t.n_b,
                          "corr": t.corr, "mean_a": float(np.mean(a.score)) if len(a.score) else math.nan,
                          "mean_b": float(np.mean(b.score)) if len(b.score) else math.nan,
                          "diff": t.diff, "sd": t.sd, "m": m, **{k: d[k] for k in ("interval", "level", "low", "high")},
