@@ -13,11 +13,12 @@ import signal
 import statistics
 import sys
 import threading
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import Interrupted, UserError, install_interrupt_handlers
+from .errors import Interrupted, UserError, fault_line, install_interrupt_handlers
 
 if TYPE_CHECKING:  # the modules themselves are imported where a command needs them
     from .compare import RunRow
@@ -441,6 +442,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nffnn {args.command}: interrupted; finished runs are kept, "
               f"run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # anything unplanned: one line (FFNN_DEBUG=1 adds the traceback), exit 1
+        if os.environ.get("FFNN_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"ffnn {args.command}: error: {fault_line(e)}; finished runs are kept, run the same command again "
+              f"to train what is missing (FFNN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 def main_exit() -> None:

@@ -16,11 +16,12 @@ import io
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 from .bits import MAX_TAG_CHARS
@@ -28,8 +29,9 @@ from .config import CompareConfig, validate_train
 from .context import Context
 from .data import read_idx
 from .engine import worker_count
-from .errors import Interrupted, deferred_interrupts, ignore_interrupts
+from .errors import Interrupted, UserError, deferred_interrupts, fault_line, ignore_interrupts
 from .jobs import Job, JobResult, StackJob, run_stack
+from .memory import fit, human
 from .models import build_model, count_params
 from .tracking import (
     TAG_FAILURE,
@@ -65,11 +67,12 @@ class RunRow:
 
 # ---------------------------------------------------------------- planning
 def plan_stacks(todo: list[Job], device: torch.device, workers: int, rule: DivergenceRule,
-                max_stack: int | None = None) -> list[StackJob]:
+                max_stack: int | None = None, caps: Mapping[str, int] | None = None) -> list[StackJob]:
     """Group the seeds of each (model, recipe) into stacks, most expensive first.
 
     On the CPU each group is cut into ``workers`` stacks (at most CPU_MAX_STACK seeds), so the
     processes share every model; on CUDA a group is cut only into stacks of CUDA_MAX_STACK.
+    ``caps``: seeds per stack that fit in memory, per model (``memory_caps``).
     """
     groups: dict[tuple, list[int]] = {}
     for j in todo:
@@ -82,9 +85,33 @@ def plan_stacks(todo: list[Job], device: torch.device, workers: int, rule: Diver
             size = CUDA_MAX_STACK
         else:
             size = min(CPU_MAX_STACK, math.ceil(len(seeds) / workers))
+        size = max(1, min(size, (caps or {}).get(model, size)))
         seeds = sorted(seeds)
         stacks += [StackJob(model, spec, cfg, tuple(seeds[i:i + size]), rule) for i in range(0, len(seeds), size)]
     return sorted(stacks, key=lambda s: -s.cost)
+
+
+def memory_caps(cfg: CompareConfig, ctx: Context, todo: list[Job], available: int | None = None
+                ) -> dict[str, int]:
+    """Seeds per stack that fit in memory, per model; a model of which not even one seed fits is a
+    ``UserError`` (one line, exit 2) raised before any run is created. On the CPU the stacks share the
+    host's available memory between the workers; on CUDA the stacks live on the GPU (which this process
+    does not touch), so only the parent's one copy of each model is checked against the host."""
+    if available is None:
+        available = int(psutil.virtual_memory().available)
+    workers = worker_count(cfg.workers, ctx.device, len(todo))
+    caps = {}
+    for model in dict.fromkeys(j.model for j in todo):
+        spec = cfg.spec(model)
+        if ctx.device.type == "cpu":
+            f = fit(spec, cfg.train.batch_size, ctx.n_test, available, workers)
+            need, caps[model] = f.one_seed, f.max_seeds
+        else:
+            need, caps[model] = 4 * count_params(spec), CUDA_MAX_STACK
+        if caps[model] < 1 or need > available:
+            raise UserError(f"model {model} ({spec.describe()}) needs {human(need)} of memory for one seed; "
+                            f"{human(available)} is available: make it smaller")
+    return caps
 
 
 # ---------------------------------------------------------------- the parent
@@ -108,25 +135,27 @@ Progress = Callable[[str, JobResult | None], None]
 def compare(cfg: CompareConfig, ctx: Context, progress: Progress | None = None) -> tuple[list[RunRow], str]:
     """Train what is missing; return every (model, seed) row and the experiment id."""
     validate_train(cfg.train, ctx.n_train)
+    all_jobs = [Job(m, cfg.spec(m), replace(cfg.train, seed=s)) for m in cfg.models for s in range(cfg.seeds)]
+    caps = memory_caps(cfg, ctx, all_jobs)  # before the store is touched: a spec that cannot fit is exit 2
     tracker = ctx.tracker
     exp_id = tracker.experiment_id(cfg.experiment, description=experiment_description(cfg.experiment))
     tracker.fail_orphans(exp_id)
 
-    all_jobs = [Job(m, cfg.spec(m), replace(cfg.train, seed=s)) for m in cfg.models for s in range(cfg.seeds)]
     done = tracker.finished_keys(exp_id)
     todo = [j for j in all_jobs if key_of(j, cfg.dataset) not in done]
     say = progress or (lambda msg, res: None)
     say(f"{len(all_jobs) - len(todo)} of {len(all_jobs)} runs already finished; training {len(todo)}", None)
     if todo:
-        _Comparison(cfg, ctx, exp_id, say).train(todo)
+        _Comparison(cfg, ctx, exp_id, say, caps).train(todo)
     return _rows(tracker, exp_id, all_jobs, cfg.dataset), exp_id
 
 
 class _Comparison:
     """One invocation's parent run and the child runs it opens, claims and closes."""
 
-    def __init__(self, cfg: CompareConfig, ctx: Context, exp_id: str, say: Progress):
-        self.cfg, self.ctx, self.exp_id, self.say = cfg, ctx, exp_id, say
+    def __init__(self, cfg: CompareConfig, ctx: Context, exp_id: str, say: Progress,
+                 caps: Mapping[str, int] | None = None):
+        self.cfg, self.ctx, self.exp_id, self.say, self.caps = cfg, ctx, exp_id, say, caps
         self.tracker: Tracker = ctx.tracker
         self.example = input_example(ctx.folder)  # stored with each model
         self.open_runs: dict[str, dict] = {}  # run id -> its params (logged when it ends), created and not yet ended
@@ -144,7 +173,7 @@ class _Comparison:
         cfg, ctx = self.cfg, self.ctx
         rule = cfg.divergence
         n_cpu_workers = worker_count(cfg.workers, ctx.device, len(todo))
-        queue = plan_stacks(todo, ctx.device, n_cpu_workers, rule, cfg.stack_size or None)
+        queue = plan_stacks(todo, ctx.device, n_cpu_workers, rule, cfg.stack_size or None, self.caps)
         workers = worker_count(cfg.workers, ctx.device, len(queue))
         parent_params = {"models": ",".join(cfg.models), "seeds": cfg.seeds, "dataset": cfg.dataset,
                          "device": ctx.device.type, "workers": workers,
@@ -158,12 +187,12 @@ class _Comparison:
                          f"{cfg.seeds} seeds on {cfg.dataset}; {len(todo)} runs trained by this invocation in "
                          f"{len(queue)} stacks. Report: `ffnn report --experiment {cfg.experiment}` -> "
                          f"reports/{cfg.experiment}/"))
-        self.tracker.start_heartbeat(self.parent)  # other processes see this one alive while it is fresh
-        self.tracker.prepare_model_template(build_model(queue[0].spec), self.example)  # meanwhile, in a thread
         status = "FINISHED"
         engine = None
         start, store_before = time.perf_counter(), self.tracker.store_seconds
-        try:
+        try:  # from here on whatever goes wrong ends the parent and the open runs, never leaves them RUNNING
+            self.tracker.start_heartbeat(self.parent)  # other processes see this one alive while it is fresh
+            self.tracker.prepare_model_template(build_model(queue[0].spec), self.example)  # meanwhile, in a thread
             engine = ctx.engine(run_stack, workers)
 
             def next_job() -> StackJob | None:
@@ -178,14 +207,16 @@ class _Comparison:
                 if not self.others:
                     break
                 # what other processes hold: wait for it, and train what their death left behind
-                queue = plan_stacks(self._orphaned(), ctx.device, n_cpu_workers, rule, cfg.stack_size or None)
+                queue = plan_stacks(self._orphaned(), ctx.device, n_cpu_workers, rule, cfg.stack_size or None,
+                                    self.caps)
         except BaseException as e:
             status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
             # a second Ctrl-C must not cut the clean-up short; with the server lost there is nothing to close
             with ignore_interrupts(), contextlib.suppress(TrackingError):
                 if engine is not None:
                     engine.close(graceful=False)
-                reason = f"interrupted ({e or 'SIGINT'})" if status == "KILLED" else "comparison crashed"
+                reason = f"interrupted ({e or 'SIGINT'})" if status == "KILLED" else \
+                    f"comparison crashed: {fault_line(e)}"
                 for run_id, params in list(self.open_runs.items()):
                     self.tracker.log_run(run_id, {}, {}, 0, {TAG_FAILURE: reason}, params)
                     self.tracker.end_run(run_id, status)

@@ -3,12 +3,45 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import shutil
 import signal
+from pathlib import Path
 
 
 class UserError(Exception):
     """Bad input or an unusable environment: one line for the user, exit status 2."""
+
+
+def fault_line(e: BaseException) -> str:
+    """One line for an error nobody planned for: a full disk names where and how much is free, memory
+    says so, anything else gives its type and first line.
+
+    ``fault_line(RuntimeError("boom\\nmore")) == "RuntimeError: boom"``
+    """
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = str(e.filename) if e.filename else ""
+        return f"no space left on the device{f' of {where}' if where else ''} ({_free(where)} free)"
+    if isinstance(e, MemoryError) or "out of memory" in str(e).lower() or "not enough memory" in str(e).lower():
+        return f"out of memory: {_first(e) or type(e).__name__}"
+    return f"{type(e).__name__}: {_first(e)}" if _first(e) else type(e).__name__
+
+
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _free(path: str) -> str:
+    """Free bytes of the file system holding ``path`` (its nearest existing folder), e.g. ``"0 B"``."""
+    from .memory import human
+    p = Path(path or ".").absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return human(shutil.disk_usage(p).free)
+    except OSError:
+        return "unknown"
 
 
 class Interrupted(BaseException):

@@ -1,6 +1,8 @@
 """End to end: `ffnn compare` on a tiny dataset into a temporary MLflow store, read back with MLflow."""
 
 
+from dataclasses import replace
+
 import mlflow
 import mlflow.pytorch
 import pytest
@@ -166,3 +168,64 @@ def test_a_test_set_too_large_for_a_tag_is_left_out(tiny, tmp_path, monkeypatch)
     rc, client = run_compare(tmp_path, "--models", "LR", "--seeds", "1", "--workers", "1")
     runs = children(client, "FINISHED")
     assert rc == 0 and len(runs) == 1 and "ffnn.test_correct" not in runs[0].data.tags
+
+
+def test_memory_caps_cut_stacks_to_what_fits_and_refuse_what_cannot(tiny, tmp_path):
+    """A share of memory for 3 seeds of C cuts its 10 seeds into stacks of at most 3; a spec of which
+    not even one seed fits is a UserError before anything is created."""
+    from ffnn.compare import memory_caps, plan_stacks
+    from ffnn.config import CompareConfig
+    from ffnn.errors import UserError
+    from ffnn.jobs import Job
+    from ffnn.memory import eval_bytes, seed_bytes
+    from ffnn.models import REGISTRY, count_params
+    from ffnn.train import DivergenceRule, TrainConfig
+
+    class Ctx:
+        device = torch.device("cpu")
+        n_test = 200
+
+    cfg = CompareConfig(models=("C",), train=TrainConfig(batch_size=20))
+    spec = REGISTRY["C"]
+    jobs = [Job("C", spec, TrainConfig(batch_size=20, seed=s)) for s in range(10)]
+    room = 4 * count_params(spec) + eval_bytes(spec, 200) + 3 * seed_bytes(spec, 20)
+    caps = memory_caps(replace(cfg, workers=1), Ctx(), jobs, available=room)
+    assert caps == {"C": 3}
+    stacks = plan_stacks(jobs, Ctx.device, 1, DivergenceRule(), caps=caps)
+    assert sorted(len(s.seeds) for s in stacks) == [1, 3, 3, 3]
+    assert sorted(s for st in stacks for s in st.seeds) == list(range(10))
+    with pytest.raises(UserError, match=r"model C \(784-100-10 relu\) needs .* for one seed"):
+        memory_caps(replace(cfg, workers=1), Ctx(), jobs, available=room // 10)
+
+
+def test_an_unexpected_error_is_one_line_exit_1_and_leaves_nothing_running(tiny, tmp_path, capsys, monkeypatch):
+    """A fault in the parent after its run exists (here: saving the model template) ends the parent FAILED
+    with the cause, not RUNNING; FFNN_DEBUG=1 adds the traceback."""
+    from ffnn.tracking import Tracker
+
+    def broken(self, model, example):
+        raise RuntimeError("disk controller on fire\nsecond line")
+
+    monkeypatch.setattr(Tracker, "prepare_model_template", broken)
+    rc, client = run_compare(tmp_path, "--models", "LR", "--seeds", "1", "--workers", "1")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("ffnn compare: error: RuntimeError: disk controller on fire; finished")
+    assert "Traceback" not in "\n".join(err) and "second line" not in "\n".join(err)
+    exp = client.get_experiment_by_name("t")
+    parents = client.search_runs([exp.experiment_id], "tags.`ffnn.kind` = 'comparison'")
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert not [r for r in client.search_runs([exp.experiment_id], "") if r.info.status == "RUNNING"]
+    monkeypatch.setenv("FFNN_DEBUG", "1")
+    assert run_compare(tmp_path, "--models", "LR", "--seeds", "1", "--workers", "1")[0] == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_fault_line_names_a_full_disk_and_its_free_space(tmp_path):
+    import errno
+
+    from ffnn.errors import fault_line
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m" / "model.pth"))
+    line = fault_line(full)
+    assert line.startswith(f"no space left on the device of {tmp_path / 'm' / 'model.pth'} (") and " free)" in line
+    assert fault_line(MemoryError()) == "out of memory: MemoryError"
+    assert fault_line(ValueError("bad\nworse")) == "ValueError: bad"

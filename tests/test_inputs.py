@@ -17,7 +17,7 @@ TUNE_TOML = tune_toml("t", 1)
 def experiment_file(tmp_path, text: str) -> list[str]:
     path = tmp_path / "exp.toml"
     path.write_text(text)
-    return ["--config", str(path)]
+    return ["--config", str(path), "--models", "W"]
 
 
 def corrupt_data_dir(tmp_path) -> list[str]:
@@ -60,7 +60,16 @@ CASES = [
     ("tracking-uri-unreachable", ["--tracking-uri", "http://127.0.0.1:9"],
      ["tracking URI 'http://127.0.0.1:9' is unreachable"]),
     ("device-cuda-without-gpu", ["--device", "cuda"], ["--device cuda", "no CUDA GPU"]),
+    ("spec-too-big-for-memory", lambda tmp: _huge_spec(tmp),
+     ["model W (784-100000000-10 relu) needs", "GiB of memory for one seed", "is available: make it smaller"]),
 ]
+
+
+def _huge_spec(tmp) -> list[str]:
+    """An experiment whose one model cannot fit in memory (313 GB of weights alone)."""
+    path = tmp / "huge.toml"
+    path.write_text('models = ["W"]\n[specs.W]\nhidden = [100000000]\nactivation = "relu"\n')
+    return ["--config", str(path), "--models", "W"]
 
 
 def store_state(path) -> str | None:
