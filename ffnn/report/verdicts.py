@@ -29,7 +29,7 @@ from .runs import Selection, failure_text, typical_std
 from .scope import new_images_se
 from .sequential import Design, cs_interval
 from .spending import holm_sequential
-from .stats import MIN_SEEDS, Test, decide, failure_test, holm_verdicts, paired_or_welch, seeds_range
+from .stats import MIN_SEEDS, Test, decide, failure_test, holm_verdicts, paired_or_welch, seeds_range, t_pvalues
 
 COLUMNS = ["family", "a", "b", "change", "spec_a", "spec_b", "rule", "paired", "n_a", "n_b", "corr", "mean_a",
            "mean_b", "diff", "sd", "m", "interval", "level", "low", "high", "look", "p", "p_adj", "p_tost",
@@ -107,8 +107,7 @@ def _reason(a: str, b: str, t: Test) -> str:
 def _pop_p(diff: float, se: float, df: float, margin: float) -> tuple[float, float]:
     if not se > 0 or math.isnan(df):
         return (math.nan, math.nan)
-    p = 2 * stats.t.sf(abs(diff) / se, df)
-    p_tost = max(stats.t.sf((diff + margin) / se, df), stats.t.cdf((diff - margin) / se, df))
+    p, p_tost = t_pvalues(diff, se, df, margin)
     return (float(p), float(p_tost))
 
 
