@@ -198,8 +198,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+def _proc(pid: int, name: str) -> bytes | None:
+    """/proc/PID/NAME of a live process; None for one that ended since it was listed (a short-lived helper)."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except (ProcessLookupError, FileNotFoundError):
+        return None
+
+
+def _environ(pid: int) -> dict[str, str] | None:
+    if (data := _proc(pid, "environ")) is None:
+        return None
+    raw = data.split(b"\0")
     return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
 
 
@@ -224,10 +234,10 @@ def test_ffnn_ui_links_open_the_runs_table_and_its_server_sends_no_telemetry(sto
         links = dict(line.strip().removeprefix("runs of ").split(": ", 1) for line in lines if "runs of" in line)
         assert set(links) >= {"browse", "browse-tune"}
 
-        servers = _descendants(proc.pid)
-        assert servers, "no mlflow server process under ffnn ui"
-        for pid in servers:
-            assert _environ(pid).get("MLFLOW_DISABLE_TELEMETRY") == "true", f"process {pid}"
+        envs = {pid: env for pid in _descendants(proc.pid) if (env := _environ(pid)) is not None}
+        assert envs, "no mlflow server process under ffnn ui"
+        for pid, env in envs.items():
+            assert env.get("MLFLOW_DISABLE_TELEMETRY") == "true", f"process {pid}"
         with urllib.request.urlopen(f"{url}/ajax-api/3.0/mlflow/ui-telemetry", timeout=10) as r:
             assert json.loads(r.read())["disable_ui_telemetry"] is True  # the UI's own events go nowhere
 
@@ -271,9 +281,9 @@ def test_make_dashboard_shows_the_study_and_its_trials(store, browser, tmp_path)
             except OSError:
                 return False
         wait_for(answers, "optuna-dashboard to answer", timeout=90)
-        dashboards = [p for p in _descendants(proc.pid) if "optuna-dashboard" in
-                      Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
-        assert dashboards and all(_environ(p).get("MLFLOW_DISABLE_TELEMETRY") == "true" for p in dashboards)
+        dashboards = [p for p in _descendants(proc.pid) if b"optuna-dashboard" in (_proc(p, "cmdline") or b"")]
+        envs = [env for p in dashboards if (env := _environ(p)) is not None]
+        assert envs and all(env.get("MLFLOW_DISABLE_TELEMETRY") == "true" for env in envs)
 
         browser.get(f"{url}/dashboard")
         wait_for_text(browser, "tune-C")
