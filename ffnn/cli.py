@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import Interrupted, UserError, fault_line, install_interrupt_handlers
+from .errors import Fault, Interrupted, UserError, fault_line, install_interrupt_handlers
 
 if TYPE_CHECKING:  # the modules themselves are imported where a command needs them
     from .compare import RunRow
@@ -434,6 +434,11 @@ def _run(args: argparse.Namespace) -> int:
     except UserError as e:
         print(f"ffnn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Fault as e:  # cleaned up already: its line says what is kept
+        if os.environ.get("FFNN_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"ffnn {args.command}: error: {e} (FFNN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return e.code
     except Interrupted as e:
         print(f"\nffnn {args.command}: interrupted by {e}; finished runs are kept, "
               f"run the same command again to resume", file=sys.stderr)

@@ -29,7 +29,7 @@ from .config import CompareConfig, validate_train
 from .context import Context
 from .data import read_idx
 from .engine import worker_count
-from .errors import Interrupted, UserError, deferred_interrupts, fault_line, ignore_interrupts
+from .errors import Fault, Interrupted, UserError, deferred_interrupts, fault_line, ignore_interrupts
 from .jobs import Job, JobResult, StackJob, run_stack
 from .memory import fit, human
 from .models import build_model, count_params
@@ -146,7 +146,7 @@ def compare(cfg: CompareConfig, ctx: Context, progress: Progress | None = None) 
     say = progress or (lambda msg, res: None)
     say(f"{len(all_jobs) - len(todo)} of {len(all_jobs)} runs already finished; training {len(todo)}", None)
     if todo:
-        _Comparison(cfg, ctx, exp_id, say, caps).train(todo)
+        _Comparison(cfg, ctx, exp_id, say, caps, finished_before=len(all_jobs) - len(todo)).train(todo)
     return _rows(tracker, exp_id, all_jobs, cfg.dataset), exp_id
 
 
@@ -154,8 +154,11 @@ class _Comparison:
     """One invocation's parent run and the child runs it opens, claims and closes."""
 
     def __init__(self, cfg: CompareConfig, ctx: Context, exp_id: str, say: Progress,
-                 caps: Mapping[str, int] | None = None):
+                 caps: Mapping[str, int] | None = None, finished_before: int = 0):
         self.cfg, self.ctx, self.exp_id, self.say, self.caps = cfg, ctx, exp_id, say, caps
+        self.finished = finished_before  # FINISHED runs of this comparison in the store
+        self.started = False  # whether this invocation created a run (a fault then exits 1, else 2)
+        self.writing: tuple[str, str] | None = None  # (name, id) of the run being recorded, named if that fails
         self.tracker: Tracker = ctx.tracker
         self.example = input_example(ctx.folder)  # stored with each model
         self.open_runs: dict[str, dict] = {}  # run id -> its params (logged when it ends), created and not yet ended
@@ -210,24 +213,42 @@ class _Comparison:
                 queue = plan_stacks(self._orphaned(), ctx.device, n_cpu_workers, rule, cfg.stack_size or None,
                                     self.caps)
         except BaseException as e:
-            status = "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED"
+            interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
+            line = f"interrupted ({e or 'SIGINT'})" if interrupted else \
+                fault_line(e, self.writing and f"run {self.writing[0]}")
             # a second Ctrl-C must not cut the clean-up short; with the server lost there is nothing to close
             with ignore_interrupts(), contextlib.suppress(TrackingError):
                 if engine is not None:
                     engine.close(graceful=False)
-                reason = f"interrupted ({e or 'SIGINT'})" if status == "KILLED" else \
-                    f"comparison crashed: {fault_line(e)}"
-                for run_id, params in list(self.open_runs.items()):
-                    self.tracker.log_run(run_id, {}, {}, 0, {TAG_FAILURE: reason}, params)
-                    self.tracker.end_run(run_id, status)
-                self.tracker.end_run(self.parent, status)
-            raise
+                self._close_all("KILLED" if interrupted else "FAILED", line)
+            if interrupted or isinstance(e, UserError):
+                raise
+            advice = "free space and run the same command again" if "no space left" in line else \
+                "run the same command again to train what is missing"
+            raise Fault(f"{line}; {self.finished} run(s) of this comparison are finished and kept; {advice}",
+                        code=1 if self.started else 2) from e
         wall = time.perf_counter() - start
         self.tracker.log_values(self.parent, {"wall_seconds": wall,
                                               "tracking_seconds": self.tracker.store_seconds - store_before,
                                               "runs_trained": len(todo)})
         self.tracker.end_run(self.parent, status, tags={"ffnn.device_name": ", ".join(sorted(self.device_names))}
                              if self.device_names else None)
+
+    def _close_all(self, status: str, reason: str) -> None:
+        """End every run this invocation opened, the parent last, each on its own: one write that fails
+        (a store that is full too) does not keep the others open."""
+        writing = self.writing[1] if self.writing else None
+        for run_id, params in list(self.open_runs.items()):
+            why = reason if status == "KILLED" or run_id == writing else \
+                f"not finished: the comparison stopped ({reason})"
+            with contextlib.suppress(Exception):
+                self.tracker.log_run(run_id, {}, {}, 0, {TAG_FAILURE: why}, params)
+            with contextlib.suppress(Exception):
+                self.tracker.end_run(run_id, status)
+        with contextlib.suppress(Exception):
+            self.tracker.set_tags(self.parent, {TAG_FAILURE: reason})
+        with contextlib.suppress(Exception):
+            self.tracker.end_run(self.parent, status)
 
     def _launch(self, stack: StackJob) -> StackJob | None:
         """Create and claim a run per seed, as one step that an interrupt cannot split; keep the seeds won."""
@@ -248,6 +269,7 @@ class _Comparison:
                           **self.common_tags},
                     parent_id=self.parent)
                 self.open_runs[run_id] = run_params(job, cfg.dataset, ctx.device.type)
+                self.started = True
                 created[key] = (seed, run_id)
             won = self.tracker.claim_many(self.exp_id, {key: run_id for key, (_, run_id) in created.items()})
             seeds = []
@@ -282,10 +304,15 @@ class _Comparison:
                 self.open_runs.pop(run_id)
                 self.say(f"{r.job.model} seed={r.job.cfg.seed}: taken over by another process meanwhile", None)
                 continue
+            self.writing = (f"{r.job.model} seed={r.job.cfg.seed}", run_id)
             with deferred_interrupts():
                 self.tracker.log_dataset(run_id, self.cfg.dataset, self.ctx.dataset.digest,
                                          str(self.ctx.folder.resolve()), self.ctx.n_train, self.ctx.n_test)
-                _record(self.tracker, run_id, r, self.open_runs.pop(run_id), self.example)
+                # the run stays open (and is ended FAILED with the cause) until it is recorded whole
+                _record(self.tracker, run_id, r, self.open_runs[run_id], self.example)
+                del self.open_runs[run_id]
+            self.writing = None
+            self.finished += r.error is None
             if r.device_name:
                 self.device_names.add(r.device_name)
             self.say(f"{r.job.model} seed={r.job.cfg.seed}", r)

@@ -14,15 +14,39 @@ class UserError(Exception):
     """Bad input or an unusable environment: one line for the user, exit status 2."""
 
 
-def fault_line(e: BaseException) -> str:
+class Fault(Exception):
+    """A command that failed part-way, already cleaned up: ``line`` says what happened and what is kept,
+    ``code`` is 1 when runs had started (and failed) and 2 when nothing could start. The original error
+    is its ``__cause__`` (``FFNN_DEBUG=1`` prints it)."""
+
+    def __init__(self, line: str, code: int = 1):
+        super().__init__(line)
+        self.code = code
+
+
+def no_space(path: str | Path) -> OSError:
+    """ENOSPC naming the file that could not be written (a copy's own error names its source, or nothing)."""
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def fault_line(e: BaseException, writing: str | None = None) -> str:
     """One line for an error nobody planned for: a full disk names where and how much is free, memory
-    says so, anything else gives its type and first line.
+    says so, anything else gives its type and first line. ``writing``: what was being written, named in
+    place of the file.
 
     ``fault_line(RuntimeError("boom\\nmore")) == "RuntimeError: boom"``
     """
+    doing = f" while writing {writing}" if writing else ""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         where = str(e.filename) if e.filename else ""
-        return f"no space left on the device{f' of {where}' if where else ''} ({_free(where)} free)"
+        if not where:
+            return f"no space left on the device ({_free('.')} free where ffnn runs){doing}"
+        mount = mount_point(where)
+        if not doing and str(mount) != where:
+            doing = f" while writing {where}"
+        return f"no space left on {mount} ({_free(where)} free){doing}"
+    if doing:
+        return f"{fault_line(e)}{doing}"
     if isinstance(e, MemoryError) or "out of memory" in str(e).lower() or "not enough memory" in str(e).lower():
         return f"out of memory: {_first(e) or type(e).__name__}"
     return f"{type(e).__name__}: {_first(e)}" if _first(e) else type(e).__name__
@@ -32,14 +56,26 @@ def _first(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the file system that holds ``path`` (or would, for a file not yet written)."""
+    p = _existing(Path(path))
+    while not p.is_mount() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _existing(p: Path) -> Path:
+    p = p.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
 def _free(path: str) -> str:
     """Free bytes of the file system holding ``path`` (its nearest existing folder), e.g. ``"0 B"``."""
     from .memory import human
-    p = Path(path or ".").absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
     try:
-        return human(shutil.disk_usage(p).free)
+        return human(shutil.disk_usage(_existing(Path(path or "."))).free)
     except OSError:
         return "unknown"
 

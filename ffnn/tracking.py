@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import functools
 import hashlib
@@ -38,7 +39,7 @@ from urllib.parse import urlparse
 import pandas as pd
 import sqlalchemy
 
-from .errors import UserError, deferring
+from .errors import UserError, deferring, no_space
 
 if TYPE_CHECKING:
     import numpy as np
@@ -204,6 +205,12 @@ def pid_alive(owner: str) -> bool:
     return True
 
 
+def _local_path(uri: str) -> str | None:
+    """The folder of a ``file:`` (or plain path) artifact URI; None for remote stores."""
+    parsed = urlparse(uri)
+    return parsed.path if parsed.scheme in ("", "file") else None
+
+
 def _is_unreachable(e: Exception) -> bool:
     text = str(e)
     return ("API request to" in text and ("failed with exception" in text or "failed with timeout" in text)) \
@@ -287,6 +294,8 @@ def _translating(fn):
                 raise TrackingError(self._gone) from None
             if e.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or "401" in str(e)[:200]:
                 raise _credentials_refused(self.uri) from None
+            if "database or disk is full" in str(e):  # SQLite's words for ENOSPC
+                raise no_space(_sqlite_path(self.uri) or self.uri) from e
             raise
     return wrapper
 
@@ -553,6 +562,21 @@ class Tracker:
         uri = self._artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
         return get_artifact_repository(uri, tracking_uri=self.uri)
 
+    def _write_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        """``folder``'s files as the run's ``artifact_path``, all or nothing: whatever a failed copy left
+        there (a truncated ``model.pth``) is deleted before the error goes on, and a full disk names the
+        file in the store that could not be written."""
+        repo = self._artifact_repo(run_id)
+        try:
+            repo.log_artifacts(str(folder), artifact_path)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                repo.delete_artifacts(artifact_path)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                dest = _local_path(self._artifact_uris.get(run_id) or repo.artifact_uri)
+                raise no_space(f"{dest}/{artifact_path}" if dest else artifact_path) from e
+            raise
+
     def log_paths(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for p in paths:
             self.client.log_artifact(run_id, str(p), artifact_path)
@@ -587,7 +611,7 @@ class Tracker:
             meta.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))
             meta.model_size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             meta.save(path / "MLmodel")
-            self._artifact_repo(run_id).log_artifacts(str(path), MODEL_PATH)
+            self._write_artifacts(run_id, path, MODEL_PATH)
         meta.run_id, meta.artifact_path = run_id, MODEL_PATH
         return {MLFLOW_LOGGED_MODELS: json.dumps([meta.get_tags_dict()])}
 

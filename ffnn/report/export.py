@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from ..errors import fault_line
 from .build import Report, ReportError
 from .plan import FAMILIES
 from .plots import PLOTS
@@ -303,12 +307,29 @@ def write_files(report: Report, figures: dict[str, bytes]) -> list[Path]:
         files["summary.html"] = html_page(report, figures)
     for name in plots:
         files[name] = figures[name]
-    paths = []
-    for name, content in files.items():
-        path = out / name
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-        paths.append(path)
-    return paths
+    return _write_all(out, files)
+
+
+def _write_all(out: Path, files: dict[str, str | bytes]) -> list[Path]:
+    """All of ``files`` into ``out`` or none: each is written whole into a temporary folder beside ``out``
+    (where a full disk or a permission stops it), then moved into place, a rename that needs no space.
+    The previous report stays as it was until then; other files in ``out`` are never touched."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ReportError(f"cannot write the report beside {out}: {fault_line(e)}") from None
+    try:
+        for name, content in files.items():
+            try:
+                if isinstance(content, bytes):
+                    (tmp / name).write_bytes(content)
+                else:
+                    (tmp / name).write_text(content, encoding="utf-8")
+            except OSError as e:
+                raise ReportError(f"cannot write {out / name}: {fault_line(e, str(out / name))}; the previous "
+                                  f"report in {out} is left as it was") from None
+        for name in files:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out / name for name in files]
