@@ -450,9 +450,19 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as e:  # anything unplanned: one line (FFNN_DEBUG=1 adds the traceback), exit 1
         if os.environ.get("FFNN_DEBUG") == "1":
             traceback.print_exc()
-        print(f"ffnn {args.command}: error: {fault_line(e)}; finished runs are kept, run the same command again "
+        print(f"ffnn {args.command}: error: {fault_line(e, places=_places(args))}; finished runs are kept, "
+              f"run the same command again "
               f"to train what is missing (FFNN_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
+
+
+def _places(args: argparse.Namespace) -> list[str]:
+    """The files a command writes into (its stores and output folder), to name a full disk."""
+    uris = [os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db"), getattr(args, "storage", None)]
+    if getattr(args, "tracking_uri", None):
+        uris[0] = args.tracking_uri
+    places = [u.removeprefix("sqlite:///") for u in uris if u and (u.startswith("sqlite:///") or "://" not in u)]
+    return places + ([args.out] if getattr(args, "out", None) else [])
 
 
 def main_exit() -> None:

@@ -190,9 +190,9 @@ class _Comparison:
                          f"{cfg.seeds} seeds on {cfg.dataset}; {len(todo)} runs trained by this invocation in "
                          f"{len(queue)} stacks. Report: `ffnn report --experiment {cfg.experiment}` -> "
                          f"reports/{cfg.experiment}/"))
-        status = "FINISHED"
         engine = None
         start, store_before = time.perf_counter(), self.tracker.store_seconds
+        reserve = self.tracker.reserve_space()
         try:  # from here on whatever goes wrong ends the parent and the open runs, never leaves them RUNNING
             self.tracker.start_heartbeat(self.parent)  # other processes see this one alive while it is fresh
             self.tracker.prepare_model_template(build_model(queue[0].spec), self.example)  # meanwhile, in a thread
@@ -212,11 +212,17 @@ class _Comparison:
                 # what other processes hold: wait for it, and train what their death left behind
                 queue = plan_stacks(self._orphaned(), ctx.device, n_cpu_workers, rule, cfg.stack_size or None,
                                     self.caps)
+            self.tracker.log_values(self.parent, {"wall_seconds": time.perf_counter() - start,
+                                                  "tracking_seconds": self.tracker.store_seconds - store_before,
+                                                  "runs_trained": len(todo)})
+            self.tracker.end_run(self.parent, "FINISHED", tags={"ffnn.device_name": ", ".join(
+                sorted(self.device_names))} if self.device_names else None)
         except BaseException as e:
             interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
             line = f"interrupted ({e or 'SIGINT'})" if interrupted else \
                 fault_line(e, self.writing and f"run {self.writing[0]}")
             # a second Ctrl-C must not cut the clean-up short; with the server lost there is nothing to close
+            reserve.release()  # room for the writes that close the runs, if the disk is full
             with ignore_interrupts(), contextlib.suppress(TrackingError):
                 if engine is not None:
                     engine.close(graceful=False)
@@ -227,12 +233,8 @@ class _Comparison:
                 "run the same command again to train what is missing"
             raise Fault(f"{line}; {self.finished} run(s) of this comparison are finished and kept; {advice}",
                         code=1 if self.started else 2) from e
-        wall = time.perf_counter() - start
-        self.tracker.log_values(self.parent, {"wall_seconds": wall,
-                                              "tracking_seconds": self.tracker.store_seconds - store_before,
-                                              "runs_trained": len(todo)})
-        self.tracker.end_run(self.parent, status, tags={"ffnn.device_name": ", ".join(sorted(self.device_names))}
-                             if self.device_names else None)
+        finally:
+            reserve.release()
 
     def _close_all(self, status: str, reason: str) -> None:
         """End every run this invocation opened, the parent last, each on its own: one write that fails

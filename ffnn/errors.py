@@ -7,6 +7,7 @@ import errno
 import functools
 import shutil
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -29,16 +30,19 @@ def no_space(path: str | Path) -> OSError:
     return OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
-def fault_line(e: BaseException, writing: str | None = None) -> str:
+def fault_line(e: BaseException, writing: str | None = None, places: Sequence[str | Path] = ()) -> str:
     """One line for an error nobody planned for: a full disk names where and how much is free, memory
     says so, anything else gives its type and first line. ``writing``: what was being written, named in
-    place of the file.
+    place of the file; ``places``: the files the command writes (its stores), for a full disk reported
+    without a file name (SQLite's "database or disk is full", wrapped by MLflow or Optuna).
 
     ``fault_line(RuntimeError("boom\\nmore")) == "RuntimeError: boom"``
     """
     doing = f" while writing {writing}" if writing else ""
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        where = str(e.filename) if e.filename else ""
+    if (full := _disk_full(e)) is not None:
+        where = str(full.filename) if isinstance(full, OSError) and full.filename else ""
+        if not where and places:  # the place on the fullest file system
+            where = str(min(places, key=lambda p: _free_bytes(str(p))))
         if not where:
             return f"no space left on the device ({_free('.')} free where ffnn runs){doing}"
         mount = mount_point(where)
@@ -54,6 +58,26 @@ def fault_line(e: BaseException, writing: str | None = None) -> str:
 
 def _first(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _disk_full(e: BaseException) -> BaseException | None:
+    """The error in ``e``'s chain that says the disk is full, if any."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 20:
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return cur
+        if "database or disk is full" in str(cur):
+            return cur
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return None
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        return shutil.disk_usage(_existing(Path(path))).free
+    except OSError:
+        return 1 << 62
 
 
 def mount_point(path: str | Path) -> Path:

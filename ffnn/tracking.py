@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 import pandas as pd
 import sqlalchemy
 
-from .errors import UserError, deferring, no_space
+from .errors import UserError, deferring, fault_line, no_space
 
 if TYPE_CHECKING:
     import numpy as np
@@ -244,6 +244,74 @@ def _sqlite_wal(dbapi_connection, _record) -> None:
         cur.close()
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(db: Path) -> None:
+    """A damaged SQLite store is one line before MLflow sees it (MLflow retries opening it for about 100 s,
+    then fails). Reads the 100-byte header only, never writes: a file that is not SQLite, or shorter than
+    the pages its header counts (a truncated copy), is a ``TrackingError`` and the file stays as it is."""
+    try:
+        size = db.stat().st_size
+        with open(db, "rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return  # a new store
+    except OSError as e:
+        raise TrackingError(f"the store {db} cannot be read ({e.strerror})") from None
+    if size == 0:
+        return  # created by a process that had not written its tables yet: MLflow creates them
+    advice = "ffnn leaves it as it is: restore it from a backup, or pass another --tracking-uri"
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        raise TrackingError(f"the store {db} is not an SQLite database; {advice}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    header_valid = header[24:28] == header[92:96]  # the page count holds only for the writer that set it
+    if header_valid and pages and size < pages * page_size:
+        raise TrackingError(f"the store {db} is damaged: {size:,} bytes where its header counts "
+                            f"{pages * page_size:,} (a truncated copy?); {advice}")
+    try:  # the schema pages, read-only
+        with contextlib.closing(sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=10)) as con:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        if "malformed" in str(e) or "not a database" in str(e):
+            raise TrackingError(f"the store {db} is damaged ({e}); {advice}") from None
+
+
+RESERVE_BYTES = 1 << 19  # kept free beside a SQLite store while a command writes to it
+
+
+class SpaceReserve:
+    """A file of RESERVE_BYTES beside a SQLite store, deleted when the disk fills up, so that the
+    clean-up after it (ending the runs FAILED with the cause) still has room to be written. One per
+    process, named by its host and pid; those of dead processes are deleted when a store is opened."""
+
+    def __init__(self, db: Path | None):
+        self.path = db.with_name(f".{db.name}.reserve-{host()}-{os.getpid()}") if db is not None else None
+        if self.path is None:
+            return
+        try:
+            with open(self.path, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+        except OSError:  # no room even for this, or a file system without fallocate: no reserve
+            self.release()
+
+    def release(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.path = None
+
+    @staticmethod
+    def clear_dead(db: Path) -> None:
+        for path in db.parent.glob(f".{db.name}.reserve-*"):
+            who, _, pid = path.name.split(".reserve-", 1)[1].rpartition("-")
+            if not pid_alive(f"{who}:{pid}"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
 @contextlib.contextmanager
 def _init_lock(db: Path | None):
     if db is None:
@@ -419,6 +487,9 @@ class Tracker:
                 db.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise TrackingError(f"tracking URI {uri!r}: cannot create {db.parent} ({e.strerror})") from None
+        if db is not None:
+            check_sqlite_file(db)
+            SpaceReserve.clear_dead(db)
         if db is not None and not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _sqlite_wal):
             sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _sqlite_wal)
         if uri.startswith(("http://", "https://")):
@@ -429,12 +500,21 @@ class Tracker:
             # Opening a new SQLite store creates its tables; two processes doing that at
             # once corrupt it, so opening holds a lock file beside the database.
             with _init_lock(db):
-                client = MlflowClient(tracking_uri=uri)
-                client.search_experiments(max_results=1)
+                new = db is not None and (not db.exists() or db.stat().st_size == 0)
+                try:
+                    client = MlflowClient(tracking_uri=uri)
+                    client.search_experiments(max_results=1)
+                except BaseException:
+                    if new and db is not None:  # a store half-created (a full disk) is not left behind
+                        for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                            path.unlink(missing_ok=True)
+                    raise
         except Exception as e:  # connection errors come as many types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "401" in first or "nauthori" in first:
                 raise _credentials_refused(uri) from None
+            if db is not None and ("database or disk is full" in first or getattr(e, "errno", None) == errno.ENOSPC):
+                raise TrackingError(f"tracking URI {uri!r}: {fault_line(no_space(db))}") from None
             raise TrackingError(f"tracking URI {uri!r} is unreachable or malformed: {first}") from None
         return cls(uri, client)
 
@@ -506,6 +586,10 @@ class Tracker:
         """``with tracker.system_metrics(run_id):`` samples CPU, memory and GPU into the run meanwhile."""
         return SystemMetrics(self.uri, run_id)
 
+    def reserve_space(self) -> SpaceReserve:
+        """Room kept for the clean-up if the disk fills up (``SpaceReserve``); ``release()`` it then."""
+        return SpaceReserve(_sqlite_path(self.uri))
+
     def start_heartbeat(self, run_id: str) -> None:
         """Stamp this process's heartbeat on ``run_id`` (its comparison's parent run) until that run ends;
         the runs nested under it count as alive while it is fresh."""
@@ -562,24 +646,34 @@ class Tracker:
         uri = self._artifact_uris.get(run_id) or self.client.get_run(run_id).info.artifact_uri
         return get_artifact_repository(uri, tracking_uri=self.uri)
 
-    def _write_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
-        """``folder``'s files as the run's ``artifact_path``, all or nothing: whatever a failed copy left
-        there (a truncated ``model.pth``) is deleted before the error goes on, and a full disk names the
-        file in the store that could not be written."""
+    @contextlib.contextmanager
+    def _all_or_nothing(self, run_id: str, targets: list[str]):
+        """The run's artifacts ``targets`` (paths in its artifact folder) written whole or not at all:
+        whatever a failed copy left (a truncated ``model.pth``) is deleted before the error goes on, and a
+        full disk names the place in the store that could not be written."""
         repo = self._artifact_repo(run_id)
         try:
-            repo.log_artifacts(str(folder), artifact_path)
+            yield repo
         except BaseException as e:
-            with contextlib.suppress(Exception):
-                repo.delete_artifacts(artifact_path)
+            for target in targets:
+                with contextlib.suppress(Exception):
+                    repo.delete_artifacts(target)
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 dest = _local_path(self._artifact_uris.get(run_id) or repo.artifact_uri)
-                raise no_space(f"{dest}/{artifact_path}" if dest else artifact_path) from e
+                raise no_space(f"{dest}/{targets[0]}" if dest else targets[0]) from e
             raise
 
+    def _write_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        with self._all_or_nothing(run_id, [artifact_path]) as repo:
+            repo.log_artifacts(str(folder), artifact_path)
+
     def log_paths(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
-        for p in paths:
-            self.client.log_artifact(run_id, str(p), artifact_path)
+        """Files into the run's ``artifact_path`` folder (its root by default), all or none of them."""
+        paths = list(paths)
+        targets = [f"{artifact_path}/{p.name}" if artifact_path else p.name for p in paths]
+        with self._all_or_nothing(run_id, targets) as repo:
+            for p in paths:
+                repo.log_artifact(str(p), artifact_path)
 
     # models ----------------------------------------------------------------
     def log_torch_model(self, run_id: str, model: torch.nn.Module, input_example: np.ndarray) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import pytest
@@ -62,7 +63,31 @@ CASES = [
     ("device-cuda-without-gpu", ["--device", "cuda"], ["--device cuda", "no CUDA GPU"]),
     ("spec-too-big-for-memory", lambda tmp: _huge_spec(tmp),
      ["model W (784-100000000-10 relu) needs", "GiB of memory for one seed", "is available: make it smaller"]),
+    ("store-truncated", lambda tmp: _damaged_store(tmp, "truncate"), ["mlflow.db is damaged", "a truncated copy?",
+                                                                      "leaves it as it is"]),
+    ("store-overwritten", lambda tmp: _damaged_store(tmp, "scribble"), ["mlflow.db is damaged", "malformed"]),
+    ("store-not-sqlite", lambda tmp: _damaged_store(tmp, "text"), ["mlflow.db is not an SQLite database"]),
 ]
+
+
+def _damaged_store(tmp, how: str) -> list[str]:
+    """A store at the test's path that a crash, a bad copy or a stray write damaged."""
+    db = tmp / "mlruns" / "mlflow.db"
+    if how == "text":
+        db.parent.mkdir(parents=True)
+        db.write_text("not a database\n" * 20)
+        return []
+    import sqlite3
+    db.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:  # a database of some 100 pages
+        con.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, name TEXT)")
+        con.executemany("INSERT INTO runs (name) VALUES (?)", [(f"run {i}" * 20,) for i in range(3000)])
+    data = db.read_bytes()
+    if how == "truncate":
+        db.write_bytes(data[:len(data) // 3])
+    else:  # the schema's first page written over
+        db.write_bytes(data[:100] + b"\xff" * 3000 + data[3100:])
+    return []
 
 
 def _huge_spec(tmp) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import html
 import os
 import re
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import fault_line
+from ..errors import fault_line, no_space
 from .build import Report, ReportError
 from .plan import FAMILIES
 from .plots import PLOTS
@@ -290,6 +292,7 @@ def _now() -> str:
 def write_files(report: Report, figures: dict[str, bytes]) -> list[Path]:
     """Write the requested formats into ``report.out``; return the paths written."""
     out, fmts = report.out, set(report.cfg.formats)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -307,7 +310,13 @@ def write_files(report: Report, figures: dict[str, bytes]) -> list[Path]:
         files["summary.html"] = html_page(report, figures)
     for name in plots:
         files[name] = figures[name]
-    return _write_all(out, files)
+    try:
+        return _write_all(out, files)
+    except ReportError:
+        if created:  # a folder this report made stays only with the report in it
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
 
 def _write_all(out: Path, files: dict[str, str | bytes]) -> list[Path]:
@@ -326,8 +335,9 @@ def _write_all(out: Path, files: dict[str, str | bytes]) -> list[Path]:
                 else:
                     (tmp / name).write_text(content, encoding="utf-8")
             except OSError as e:
-                raise ReportError(f"cannot write {out / name}: {fault_line(e, str(out / name))}; the previous "
-                                  f"report in {out} is left as it was") from None
+                line = fault_line(no_space(out / name)) if e.errno == errno.ENOSPC else \
+                    f"cannot write {out / name}: {fault_line(e)}"
+                raise ReportError(f"{line}; the report in {out} is left as it was") from None
         for name in files:
             os.replace(tmp / name, out / name)
     finally:
