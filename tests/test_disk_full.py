@@ -107,7 +107,8 @@ def test_compare_on_a_disk_that_fills_up_fails_clean_and_the_rerun_completes(tin
     again = run_cli(tiny, *compare_argv(tmp_path, store, "--no-report"))
     assert again.returncode == 0, again.stderr
     total = len(MODELS) * SEEDS
-    assert f"{len(finished)} of {total} runs already finished; training {total - len(finished)}" in again.stdout + again.stderr
+    said = f"{len(finished)} of {total} runs already finished; training {total - len(finished)}"
+    assert said in again.stdout + again.stderr
     runs = client.search_runs([exp], "attributes.status = 'FINISHED' and tags.`ffnn.kind` = 'run'", max_results=1000)
     keys = [(r.data.params["model"], r.data.params["seed"]) for r in runs if r.data.params["model"] in MODELS]
     assert sorted(keys) == sorted((m, str(s)) for m in MODELS for s in range(SEEDS))
