@@ -158,3 +158,15 @@ def test_the_console_script_exits_with_the_status_and_all_its_output(tiny, tmp_p
     bad = subprocess.run(cli_command(tiny, "compare", "--dataset", "tiny", "--models", "Q"),
                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert bad.returncode == 2 and bad.stderr == "ffnn compare: error: unknown model 'Q'; known: LR, A, B, C, D, E\n"
+
+
+@pytest.mark.parametrize("command", ["report", "ui"])
+def test_a_damaged_store_is_one_line_for_report_and_ui_too(tmp_path, capsys, command):
+    _damaged_store(tmp_path, "truncate")
+    db = tmp_path / "mlruns" / "mlflow.db"
+    before = store_state(db)
+    argv = [command, "--tracking-uri", f"sqlite:///{db}"] + (["--port", "0"] if command == "ui" else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mlflow.db is damaged" in err, err
+    assert store_state(db) == before
