@@ -199,7 +199,11 @@ class Engine:
         proc = self.procs.pop(conn)
         self.conns.remove(conn)
         proc.join(timeout=5)
-        on_failed(job, f"worker process died (exit code {proc.exitcode})")
+        if proc.exitcode == -signal.SIGKILL:  # what the kernel's OOM killer sends
+            why = "worker process was killed (SIGKILL: out of memory, most likely, or a kill -9)"
+        else:
+            why = f"worker process died (exit code {proc.exitcode})"
+        on_failed(job, why)
         if not self.conns:
             raise RuntimeError("every training process died; see the errors above")
 
