@@ -157,7 +157,6 @@ class _Comparison:
                  caps: Mapping[str, int] | None = None, finished_before: int = 0):
         self.cfg, self.ctx, self.exp_id, self.say, self.caps = cfg, ctx, exp_id, say, caps
         self.finished = finished_before  # FINISHED runs of this comparison in the store
-        self.started = False  # whether this invocation created a run (a fault then exits 1, else 2)
         self.writing: tuple[str, str] | None = None  # (name, id) of the run being recorded, named if that fails
         self.tracker: Tracker = ctx.tracker
         self.example = input_example(ctx.folder)  # stored with each model
@@ -231,8 +230,7 @@ class _Comparison:
                 raise
             advice = "free space and run the same command again" if "no space left" in line else \
                 "run the same command again to train what is missing"
-            raise Fault(f"{line}; {self.finished} run(s) of this comparison are finished and kept; {advice}",
-                        code=1 if self.started else 2) from e
+            raise Fault(f"{line}; {self.finished} run(s) of this comparison are finished and kept; {advice}") from e
         finally:
             reserve.release()
 
@@ -271,7 +269,6 @@ class _Comparison:
                           **self.common_tags},
                     parent_id=self.parent)
                 self.open_runs[run_id] = run_params(job, cfg.dataset, ctx.device.type)
-                self.started = True
                 created[key] = (seed, run_id)
             won = self.tracker.claim_many(self.exp_id, {key: run_id for key, (_, run_id) in created.items()})
             seeds = []

@@ -209,7 +209,8 @@ def test_an_unexpected_error_is_one_line_exit_1_and_leaves_nothing_running(tiny,
     monkeypatch.setattr(Tracker, "prepare_model_template", broken)
     rc, client = run_compare(tmp_path, "--models", "LR", "--seeds", "1", "--workers", "1")
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and err[-1].startswith("ffnn compare: error: RuntimeError: disk controller on fire; finished")
+    assert rc == 1 and err[-1].startswith("ffnn compare: error: RuntimeError: disk controller on fire; 0 run(s) of "
+                                          "this comparison are finished and kept; run the same command again")
     assert "Traceback" not in "\n".join(err) and "second line" not in "\n".join(err)
     exp = client.get_experiment_by_name("t")
     parents = client.search_runs([exp.experiment_id], "tags.`ffnn.kind` = 'comparison'")
@@ -223,9 +224,13 @@ def test_an_unexpected_error_is_one_line_exit_1_and_leaves_nothing_running(tiny,
 def test_fault_line_names_a_full_disk_and_its_free_space(tmp_path):
     import errno
 
-    from ffnn.errors import fault_line
+    from ffnn.errors import fault_line, mount_point
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m" / "model.pth"))
     line = fault_line(full)
-    assert line.startswith(f"no space left on the device of {tmp_path / 'm' / 'model.pth'} (") and " free)" in line
+    mount = mount_point(tmp_path)
+    assert line.startswith(f"no space left on {mount} (") and line.endswith(f" free) while writing {full.filename}")
+    assert fault_line(full, writing="run C seed=1").endswith(" free) while writing run C seed=1")
+    sqlite_full = RuntimeError("(sqlite3.OperationalError) database or disk is full")
+    assert fault_line(sqlite_full, places=[str(tmp_path / "m.db")]).startswith(f"no space left on {mount} (")
     assert fault_line(MemoryError()) == "out of memory: MemoryError"
     assert fault_line(ValueError("bad\nworse")) == "ValueError: bad"
