@@ -15,6 +15,10 @@ class UserError(Exception):
     """Bad input or an unusable environment: one line for the user, exit status 2."""
 
 
+class TrackingError(UserError):
+    """The tracking store cannot be used."""
+
+
 class Fault(Exception):
     """A command that failed part-way, already cleaned up: ``line`` says what happened and what is kept,
     ``code`` is 1 when runs had started (and failed) and 2 when nothing could start. The original error

@@ -1,0 +1,123 @@
+"""MLflow: the only package that imports mlflow.
+
+Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``;
+``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` overrides. One experiment per comparison, one parent run
+per invocation, one child run per (model, seed). All writes go through one ``MlflowClient`` (the
+``Tracker``) in one process.
+
+``env`` comes first: MLflow reads its telemetry switch when it is imported.
+"""
+
+from . import env  # noqa: I001  (first: before any module that imports mlflow)
+from ..errors import TrackingError
+from .schema import (
+    BATCH,
+    BEST_ALIAS,
+    DEFAULT_TRACKING_URI,
+    EXPERIMENT_KIND,
+    GRACE_ENV,
+    HOST_ENV,
+    MODEL_PATH,
+    MODEL_TRAINING,
+    RUN_COLUMNS,
+    TAG_FAILURE,
+    TAG_FAILURE_STEP,
+    TAG_HEARTBEAT,
+    TAG_KEY,
+    TAG_KIND,
+    TAG_LOOKS,
+    TAG_OWNER,
+    TAG_SEQUENTIAL,
+    TAG_TEST_CORRECT,
+    now_ms,
+    registry_name,
+    run_key,
+)
+from .sqlite import (
+    RESERVE_BYTES,
+    SQLITE_MAGIC,
+    SpaceReserve,
+    artifact_root,
+    check_sqlite_file,
+    resolve_uri,
+)
+from .owners import (
+    DEFAULT_GRACE,
+    git_commit,
+    heartbeat_grace,
+    heartbeat_interval,
+    host,
+    owner,
+    pid_alive,
+)
+from .translate import (
+    HTTP_DEFAULTS,
+)
+from .models import (
+    _mlflow_pytorch,
+    _save_template,
+    model_requirements,
+)
+from .store import (
+    Tracker,
+)
+from .system_metrics import (
+    SystemMetrics,
+)
+from .server import (
+    free_port,
+    runs_link,
+    ui_server,
+)
+from .env import NO_TELEMETRY, TELEMETRY_OPT_IN, telemetry_env
+
+__all__ = [
+    "env",
+    "TrackingError",
+    "BATCH",
+    "BEST_ALIAS",
+    "DEFAULT_TRACKING_URI",
+    "EXPERIMENT_KIND",
+    "GRACE_ENV",
+    "HOST_ENV",
+    "MODEL_PATH",
+    "MODEL_TRAINING",
+    "RUN_COLUMNS",
+    "TAG_FAILURE",
+    "TAG_FAILURE_STEP",
+    "TAG_HEARTBEAT",
+    "TAG_KEY",
+    "TAG_KIND",
+    "TAG_LOOKS",
+    "TAG_OWNER",
+    "TAG_SEQUENTIAL",
+    "TAG_TEST_CORRECT",
+    "now_ms",
+    "registry_name",
+    "run_key",
+    "RESERVE_BYTES",
+    "SQLITE_MAGIC",
+    "SpaceReserve",
+    "artifact_root",
+    "check_sqlite_file",
+    "resolve_uri",
+    "DEFAULT_GRACE",
+    "git_commit",
+    "heartbeat_grace",
+    "heartbeat_interval",
+    "host",
+    "owner",
+    "pid_alive",
+    "HTTP_DEFAULTS",
+    "_mlflow_pytorch",
+    "_save_template",
+    "model_requirements",
+    "Tracker",
+    "SystemMetrics",
+    "free_port",
+    "runs_link",
+    "ui_server",
+    "NO_TELEMETRY",
+    "TELEMETRY_OPT_IN",
+    "telemetry_env",
+]
