@@ -31,6 +31,8 @@ uri=sqlite:///$db
 timed cuda-fresh-store 150 python3 -m ffnn compare --device cuda --tracking-uri $uri --experiment cuda-fresh-store --no-report
 timed cuda 150 python3 -m ffnn compare --device cuda --tracking-uri $uri --experiment cuda --no-report
 timed cpu 200 python3 -m ffnn compare --device cpu --tracking-uri $uri --experiment cpu --no-report
+timed capacity 300 python3 -m ffnn compare --device cuda --config experiments/capacity.toml --tracking-uri $uri \
+    --experiment capacity
 if [ "${PROFILE:-0}" = 1 ]; then
     python3 -X importtime -m cProfile -o "$out/compare-cuda.prof" -m ffnn compare --device cuda --tracking-uri $uri \
         --experiment cuda-profiled --no-report > "$out/cuda-profiled.log" 2> "$out/importtime.log"

@@ -18,7 +18,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -27,7 +26,6 @@ import torch
 from .bits import MAX_TAG_CHARS
 from .config import CompareConfig, validate_train
 from .context import Context
-from .data import read_idx
 from .engine import worker_count
 from .errors import Fault, Interrupted, UserError, deferred_interrupts, fault_line, ignore_interrupts
 from .jobs import Job, JobResult, StackJob, run_stack
@@ -134,8 +132,9 @@ Progress = Callable[[str, JobResult | None], None]
 
 def compare(cfg: CompareConfig, ctx: Context, progress: Progress | None = None) -> tuple[list[RunRow], str]:
     """Train what is missing; return every (model, seed) row and the experiment id."""
+    cfg = ctx.bind(cfg)  # the dataset's recorded name, every spec sized to its inputs and classes
     validate_train(cfg.train, ctx.n_train)
-    all_jobs = [Job(m, cfg.spec(m), replace(cfg.train, seed=s)) for m in cfg.models for s in range(cfg.seeds)]
+    all_jobs = [Job(m, cfg.spec(m), replace(cfg.train_of(m), seed=s)) for m in cfg.models for s in range(cfg.seeds)]
     caps = memory_caps(cfg, ctx, all_jobs)  # before the store is touched: a spec that cannot fit is exit 2
     tracker = ctx.tracker
     exp_id = tracker.experiment_id(cfg.experiment, description=experiment_description(cfg.experiment))
@@ -159,7 +158,7 @@ class _Comparison:
         self.finished = finished_before  # FINISHED runs of this comparison in the store
         self.writing: tuple[str, str] | None = None  # (name, id) of the run being recorded, named if that fails
         self.tracker: Tracker = ctx.tracker
-        self.example = input_example(ctx.folder)  # stored with each model
+        self.example = ctx.input_example()  # stored with each model
         self.open_runs: dict[str, dict] = {}  # run id -> its params (logged when it ends), created and not yet ended
         self.run_ids: dict[tuple[str, int], str] = {}  # (model, seed) -> run id, for the stacks in flight
         self.others: dict[str, Job] = {}  # run key -> job another process holds: trained if that process dies
@@ -344,15 +343,6 @@ def _record(tracker: Tracker, run_id: str, r: JobResult, params: dict, example: 
             tags[TAG_FAILURE_STEP] = str(r.failed_step)
         tracker.log_run(run_id, series, {}, 0, tags, params)
         tracker.end_run(run_id, "FAILED")
-
-
-EXAMPLE_ROWS = 5  # test images stored with each model as its input example
-
-
-def input_example(folder: Path) -> np.ndarray:
-    """The first test images as the models take them: (5, 784) float32 in [0, 1]."""
-    images = read_idx(folder / "t10k-images-idx3-ubyte")[:EXAMPLE_ROWS]
-    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
 
 
 def experiment_description(experiment: str) -> str:

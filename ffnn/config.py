@@ -10,8 +10,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .data import DATASETS
+from .data import DataError
+from .datasets import check_name
 from .errors import UserError
+from .grid import Grid, expand
 from .models import ACTIVATIONS, REGISTRY, ModelSpec, SpecError
 from .train import DivergenceRule, TrainConfig
 
@@ -23,7 +25,7 @@ class ConfigError(UserError, ValueError):
 @dataclass(frozen=True)
 class CompareConfig:
     experiment: str = "compare"  # MLflow experiment name
-    dataset: str = "mnist"  # one of ffnn.data.DATASETS
+    dataset: str = "mnist"  # one of ffnn.data.DATASETS, "digits", or a path to an .npz file (ffnn.datasets)
     models: tuple[str, ...] = ("LR", "A", "B", "C", "D", "E")  # names in `specs`
     seeds: int = 5  # runs per model, seeds 0 .. seeds-1
     train: TrainConfig = field(default_factory=TrainConfig)  # seed is set per run
@@ -32,13 +34,21 @@ class CompareConfig:
     workers: int = 0  # training processes; 0 = one per CPU core (one on a GPU)
     stack_size: int = 0  # seeds trained together in one pass; 0 = chosen for the device
     divergence: DivergenceRule = field(default_factory=DivergenceRule)  # when a seed counts as diverged
+    recipes: dict[str, TrainConfig] = field(default_factory=dict)  # model -> its own recipe (grid cells on an
+    #                                                                 iters or lr axis); the others use `train`
+    grid: Grid | None = None  # the [grid] table the cells in `specs` came from
 
     def spec(self, name: str) -> ModelSpec:
         return self.specs[name]
 
+    def train_of(self, name: str) -> TrainConfig:
+        """The recipe model ``name`` trains with (seed unset)."""
+        return self.recipes.get(name, self.train)
+
 
 TOP_KEYS = {"experiment", "dataset", "models", "seeds", "device", "workers", "stack_size", "train", "specs",
-            "divergence"}
+            "divergence", "grid"}
+GRID_KEYS = {"widths", "depths", "activation", "iters", "lr"}
 DIVERGENCE_KEYS = {"threshold", "window"}
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed"}
 SPEC_KEYS = {"hidden", "activation"}
@@ -85,6 +95,47 @@ def parse_spec(name: str, table: Any) -> ModelSpec:
         raise ConfigError(f"specs.{name}: {e}") from None
 
 
+def _ints(name: str, value: Any, minimum: int = 1) -> tuple[int, ...]:  # sorted, without repeats
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{name} must be a non-empty list of integers, got {value!r}")
+    return tuple(sorted({_int(name, v, minimum) for v in value}))
+
+
+def parse_grid(table: Any) -> Grid:
+    """``[grid]``: widths, depths (each a list), activation, and the optional iters and lr axes."""
+    _check_keys("grid", table, GRID_KEYS)
+    if "widths" not in table or "depths" not in table:
+        raise ConfigError("grid: widths (hidden units per layer) and depths (hidden layers) are required lists")
+    activation = table.get("activation", "relu")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"grid.activation: unknown {activation!r}; known: {', '.join(ACTIVATIONS)}")
+    lrs = table.get("lr", [])
+    if not isinstance(lrs, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                                        for v in lrs):
+        raise ConfigError(f"grid.lr must be a list of learning rates > 0, got {lrs!r}")
+    iters = _ints("grid.iters", table["iters"]) if "iters" in table else ()
+    return Grid(_ints("grid.widths", table["widths"]), _ints("grid.depths", table["depths"]), activation, iters,
+                tuple(sorted({float(v) for v in lrs})))
+
+
+def _grid_cells(grid: Grid, train: TrainConfig) -> tuple[dict[str, ModelSpec], dict[str, TrainConfig]]:
+    """The grid's specs and, for cells on an iters or lr axis, their recipes; each validated."""
+    cells = expand(grid, train)
+    for name, (_, recipe) in cells.items():
+        try:
+            validate_train(recipe)
+        except ConfigError as e:
+            raise ConfigError(f"grid cell {name}: {e}") from None
+    return {n: c[0] for n, c in cells.items()}, {n: c[1] for n, c in cells.items() if c[1] != train}
+
+
+def dataset_name(value: Any) -> str:
+    try:  # a known name, "digits" or an .npz path (opened when the command starts)
+        return check_name(value)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate_train(cfg: TrainConfig, n_train: int | None = None) -> TrainConfig:
     if isinstance(cfg.lr, bool) or not isinstance(cfg.lr, (int, float)) or not cfg.lr > 0:
         raise ConfigError(f"lr must be a number > 0, got {cfg.lr!r}")
@@ -101,6 +152,11 @@ def validate_train(cfg: TrainConfig, n_train: int | None = None) -> TrainConfig:
 def build_compare_config(file_values: dict[str, Any], overrides: dict[str, Any]) -> CompareConfig:
     """File values first, then non-None CLI overrides; validated."""
     _check_keys("experiment file", file_values, TOP_KEYS)
+    grid = parse_grid(file_values["grid"]) if "grid" in file_values else None
+    for key, axis in (("iters", grid.iters), ("lr", grid.lr)) if grid else ():
+        if axis and overrides.get(key) is not None:
+            raise ConfigError(f"--{key}: the grid has an {key} axis (grid.{key} = {list(axis)}); drop --{key} "
+                              f"or the axis")
     specs = dict(REGISTRY)
     file_specs = file_values.get("specs", {})
     _check_keys("specs", file_specs, set(file_specs) if isinstance(file_specs, dict) else set())
@@ -117,9 +173,21 @@ def build_compare_config(file_values: dict[str, Any], overrides: dict[str, Any])
     divergence = parse_divergence({**div_table, **{k: overrides[f"divergence_{k}"] for k in DIVERGENCE_KEYS
                                                    if overrides.get(f"divergence_{k}") is not None}})
 
-    values = {k: v for k, v in file_values.items() if k not in ("train", "specs", "divergence")}
+    cells: dict[str, ModelSpec] = {}
+    recipes: dict[str, TrainConfig] = {}
+    if grid is not None:
+        cells, recipes = _grid_cells(grid, train)
+        clash = sorted(set(cells) & set(specs))
+        if clash:
+            raise ConfigError(f"specs.{clash[0]}: the name of a grid cell; name the spec otherwise")
+        specs.update(cells)
+
+    values = {k: v for k, v in file_values.items() if k not in ("train", "specs", "divergence", "grid")}
     values.update({k: v for k, v in overrides.items() if k not in TRAIN_KEYS and v is not None})
     models = values.get("models", CompareConfig.models)
+    if grid is not None and overrides.get("models") is None:  # a grid's cells are its models, after any listed
+        listed = file_values.get("models", [])
+        models = [*listed, *cells] if isinstance(listed, list) else listed
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     if not isinstance(models, (list, tuple)) or not models:
@@ -127,9 +195,7 @@ def build_compare_config(file_values: dict[str, Any], overrides: dict[str, Any])
     for m in models:
         if m not in specs:
             raise ConfigError(f"unknown model {m!r}; known: {', '.join(specs)}")
-    dataset = values.get("dataset", CompareConfig.dataset)
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    dataset = dataset_name(values.get("dataset", CompareConfig.dataset))
     device = values.get("device", CompareConfig.device)
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
@@ -147,6 +213,8 @@ def build_compare_config(file_values: dict[str, Any], overrides: dict[str, Any])
         workers=_int("workers", values.get("workers", 0), minimum=0),
         stack_size=_int("stack_size", values.get("stack_size", 0), minimum=0),
         divergence=divergence,
+        recipes=recipes,
+        grid=grid,
     )
 
 
@@ -175,18 +243,21 @@ class TuneConfig:
     models: tuple[str, ...]  # the families to tune, one study each, in this order
     experiment: str = "tune"  # MLflow experiment of the studies and their trials
     final_experiment: str = "compare"  # where --final's runs land, beside the untuned comparison
-    dataset: str = "mnist"  # one of ffnn.data.DATASETS
+    dataset: str = "mnist"  # one of ffnn.data.DATASETS, "digits", or a path to an .npz file (ffnn.datasets)
     n_trials: int = 30  # trials per study and invocation; a rerun adds as many again
     timeout: float | None = None  # seconds per study and invocation; running trials finish
     storage: str = "sqlite:///mlruns/optuna.db"  # Optuna storage URL, or a journal file path
     study_name: str = "tune-{model}"  # {model} is the family name
     sampler: str = "tpe"  # tpe or random
-    sampler_seed: int = 0  # plus the number of trials already in the study, so a resume samples anew
+    sampler_seed: int = 0  # trial n is sampled with a seed from (sampler_seed, n): a fresh study replays, a resume not
+    trial_seeds: int = 1  # seeds per trial, one stack; the objective is their mean validation accuracy
+    trial_batch: int = 0  # trials asked and trained at once; 0 = 2 per CPU training process (32 on a GPU)
     pruner: str = "median"  # median, hyperband or none
     startup_trials: int = 5  # median: finished trials before any trial is pruned
     warmup_steps: int = 0  # median: optimizer steps before a trial can be pruned
     reduction_factor: int = 3  # hyperband: one in this many trials goes on at each rung
-    val_size: int = 10_000  # training images held out for validation, the same for every trial
+    val_size: int = 10_000  # training examples held out for validation, the same for every trial
+    val_share: float | None = None  # instead, this share of the training set (the file's val_size = 0.1667)
     split_seed: int = 0  # which training images are held out
     train: TrainConfig = field(default_factory=TrainConfig)  # lr unused (searched); seed seeds every trial
     device: str = "auto"  # auto, cpu or cuda
@@ -198,9 +269,14 @@ class TuneConfig:
     def name_of(self, model: str) -> str:
         return self.study_name.format(model=model)
 
+    def val_examples(self, n_train: int) -> int:
+        """Examples held out of ``n_train``: ``val_size``, or ``val_share`` of them rounded (0.1666667 of MNIST's
+        60,000 is 10,000; of the digits' 1437, 240)."""
+        return self.val_size if self.val_share is None else max(1, round(self.val_share * n_train))
+
 
 _Number = TypeVar("_Number", int, float)
-TUNE_KEYS = {f.name for f in fields(TuneConfig)}
+TUNE_KEYS = {f.name for f in fields(TuneConfig)} - {"val_share"}  # a float val_size sets it
 FAMILY_KEYS = {f.name for f in fields(Family)}
 TUNE_TRAIN_KEYS = {"batch_size", "iters", "eval_every", "seed"}
 SAMPLERS = ("tpe", "random")
@@ -213,6 +289,15 @@ def _range(name: str, value: Any, kind: type[_Number]) -> tuple[_Number, _Number
     if not ok or not 0 < value[0] <= value[1]:
         raise ConfigError(f"{name} must be [low, high] with 0 < low <= high ({kind.__name__}s), got {value!r}")
     return kind(value[0]), kind(value[1])
+
+
+def _val_size(value: Any) -> tuple[int, float | None]:
+    """(val_size, val_share) from the file's val_size: a number of examples, or a float in (0, 1), a share."""
+    if isinstance(value, float):
+        if not 0 < value < 1:
+            raise ConfigError(f"val_size: a share of the training set must lie in (0, 1), got {value!r}")
+        return TuneConfig.val_size, value
+    return _int("val_size", value), None
 
 
 def parse_family(name: str, table: Any) -> Family:
@@ -275,12 +360,11 @@ def build_tune_config(file_values: dict[str, Any], overrides: dict[str, Any]) ->
         v = values.get(key, getattr(TuneConfig, key))
         if v not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {v!r}")
-    dataset = values.get("dataset", TuneConfig.dataset)
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    dataset = dataset_name(values.get("dataset", TuneConfig.dataset))
     timeout = values.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    val_size, val_share = _val_size(values.get("val_size", TuneConfig.val_size))
     final = values.get("final", False)
     if not isinstance(final, bool):
         raise ConfigError(f"final must be true or false, got {final!r}")
@@ -296,12 +380,15 @@ def build_tune_config(file_values: dict[str, Any], overrides: dict[str, Any]) ->
         study_name=study_name,
         sampler=values.get("sampler", TuneConfig.sampler),
         sampler_seed=_int("sampler_seed", values.get("sampler_seed", TuneConfig.sampler_seed), minimum=0),
+        trial_seeds=_int("trial_seeds", values.get("trial_seeds", TuneConfig.trial_seeds)),
+        trial_batch=_int("trial_batch", values.get("trial_batch", TuneConfig.trial_batch), minimum=0),
         pruner=values.get("pruner", TuneConfig.pruner),
         startup_trials=_int("startup_trials", values.get("startup_trials", TuneConfig.startup_trials), minimum=0),
         warmup_steps=_int("warmup_steps", values.get("warmup_steps", TuneConfig.warmup_steps), minimum=0),
         reduction_factor=_int("reduction_factor", values.get("reduction_factor", TuneConfig.reduction_factor),
                               minimum=2),
-        val_size=_int("val_size", values.get("val_size", TuneConfig.val_size)),
+        val_size=val_size,
+        val_share=val_share,
         split_seed=_int("split_seed", values.get("split_seed", TuneConfig.split_seed), minimum=0),
         train=train,
         device=values.get("device", TuneConfig.device),

@@ -8,28 +8,33 @@ that they import torch and load the data while this process imports MLflow and o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from . import data as data_mod
+from . import datasets
 from .engine import Engine, Work
+from .models import ModelSpec
 from .train import device_name, resolve_device
 
 if TYPE_CHECKING:
+    from .config import CompareConfig
     from .tracking import Tracker
 
 
 @dataclass(frozen=True)
 class Context:
-    dataset: data_mod.DatasetSpec
+    dataset: datasets.Source  # IDX files (mnist, fashion-mnist) or arrays (digits, an .npz file)
     data_dir: str  # torchvision layout; training processes load from here without re-verifying
-    folder: Path  # the verified raw files
+    folder: Path  # the verified raw files: the IDX folder, or the array file
     n_train: int  # training examples in the files
     n_test: int  # test examples in the files
+    n_features: int  # inputs per example: every model's input size
+    n_classes: int  # classes: every model's output size
     device: torch.device
     tracking_uri: str | None  # None: MLFLOW_TRACKING_URI or the project's SQLite store
     engines: dict[Work, Engine] = field(default_factory=dict, compare=False, repr=False)  # by the work they run
@@ -39,10 +44,22 @@ class Context:
               tracking_uri: str | None) -> Context:
         """Resolve the device and verify (and fetch) the data, once; the store opens at first use."""
         dev = resolve_device(device)
-        spec = data_mod.get_spec(dataset)
-        folder = data_mod.prepare(spec, data_dir, data_source)
-        return cls(spec, str(data_dir), folder, data_mod.count_examples(folder),
-                   data_mod.count_examples(folder, "t10k-labels-idx1-ubyte"), dev, tracking_uri)
+        source, folder, shape = datasets.resolve(dataset, data_dir, data_source)
+        return cls(source, str(data_dir), folder, shape.n_train, shape.n_test, shape.n_features, shape.n_classes,
+                   dev, tracking_uri)
+
+    def sized(self, spec: ModelSpec) -> ModelSpec:
+        """``spec`` with this dataset's input size and class count."""
+        return spec.sized(self.n_features, self.n_classes)
+
+    def bind(self, cfg: CompareConfig) -> CompareConfig:
+        """``cfg`` for this dataset: its recorded name (an .npz file's carries its hash) and every spec sized
+        to the data."""
+        return replace(cfg, dataset=self.dataset.name, specs={k: self.sized(v) for k, v in cfg.specs.items()})
+
+    def input_example(self) -> np.ndarray:
+        """The first test examples as the models take them: the MLflow models' input example and signature."""
+        return datasets.input_example(self.dataset, self.folder)
 
     @cached_property
     def tracker(self) -> Tracker:
@@ -58,7 +75,7 @@ class Context:
         """The training processes that run ``work``, started on first use and kept until ``close``
         (``setup`` defaults to loading the whole dataset on the device)."""
         if work not in self.engines or not self.engines[work].alive:
-            setup = setup or partial(data_mod.load, self.dataset, self.data_dir, device=str(self.device),
+            setup = setup or partial(datasets.load, self.dataset, self.data_dir, device=str(self.device),
                                      verify=False)
             # on a GPU the one training process is a child too: it trains the next stack while this
             # process writes the last one to MLflow

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .models import N_CLASSES, N_INPUTS, ModelSpec, count_params
+from .models import ModelSpec, count_params
 
 FLOAT = 4  # bytes: float32
 EVAL_CHUNK = 256 << 20  # bytes: the stacked evaluation's chunk of seeds (stacked._Stack.correct)
@@ -21,14 +21,13 @@ def seed_bytes(spec: ModelSpec, batch_size: int) -> int:
 
     ``seed_bytes(ModelSpec((100,), "relu"), 100) == 4 * (2 * 79_510 + 3 * 100 * 894)``
     """
-    sizes = [N_INPUTS, *spec.hidden, N_CLASSES]
-    return FLOAT * (2 * count_params(spec) + 3 * batch_size * sum(sizes))
+    return FLOAT * (2 * count_params(spec) + 3 * batch_size * sum(spec.sizes))
 
 
 def eval_bytes(spec: ModelSpec, n_eval: int) -> int:
     """Bytes of a stack's evaluation pass: seeds go in chunks of EVAL_CHUNK, and at least one seed's
     widest layer over ``n_eval`` examples. ``eval_bytes(ModelSpec((100,), "relu"), 10_000) == EVAL_CHUNK``"""
-    return max(EVAL_CHUNK, FLOAT * n_eval * max([*spec.hidden, N_CLASSES]))
+    return max(EVAL_CHUNK, FLOAT * n_eval * max(spec.sizes[1:]))
 
 
 @dataclass(frozen=True)

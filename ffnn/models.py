@@ -1,21 +1,23 @@
 """Declarative model specs -> ``nn.Sequential``.
 
 A model is a list of hidden widths and one activation (karpathy/micrograd's
-``[nin] + nouts``): ``sizes = [784, *hidden, 10]``, the activation after every
-hidden layer and none after the last.
+``[nin] + nouts``): ``sizes = [n_inputs, *hidden, n_classes]``, the activation after
+every hidden layer and none after the last. The input and output sizes are the
+data's: a spec is bound to a dataset with ``sized`` (MNIST's 784 and 10 until then,
+so the tutorial's registry reads as the tutorial wrote it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from .errors import UserError
 
-N_INPUTS = 784  # 28 x 28 pixels
-N_CLASSES = 10
+MNIST_INPUTS = 784  # 28 x 28 pixels: a spec's input size until it is bound to a dataset (``ModelSpec.sized``)
+MNIST_CLASSES = 10
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -32,8 +34,13 @@ class SpecError(UserError, ValueError):
 class ModelSpec:
     hidden: tuple[int, ...] = ()  # hidden-layer widths; () is logistic regression
     activation: str = "none"  # one of ACTIVATIONS, or "none" when there is no hidden layer
+    n_inputs: int = MNIST_INPUTS  # features per example: the dataset's (``sized``)
+    n_classes: int = MNIST_CLASSES  # outputs, one per class: the dataset's (``sized``)
 
     def __post_init__(self) -> None:
+        for name, n in (("n_inputs", self.n_inputs), ("n_classes", self.n_classes)):
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                raise SpecError(f"{name} must be a positive integer, got {n!r}")
         for w in self.hidden:
             if isinstance(w, bool) or not isinstance(w, int) or w <= 0:
                 raise SpecError(f"hidden width must be a positive integer, got {w!r}")
@@ -44,7 +51,14 @@ class ModelSpec:
 
     @property
     def sizes(self) -> list[int]:
-        return [N_INPUTS, *self.hidden, N_CLASSES]
+        return [self.n_inputs, *self.hidden, self.n_classes]
+
+    def sized(self, n_inputs: int, n_classes: int) -> ModelSpec:
+        """The same architecture for data of ``n_inputs`` features and ``n_classes`` classes.
+
+        ``REGISTRY["C"].sized(64, 10).describe() == "64-100-10 relu"``
+        """
+        return replace(self, n_inputs=n_inputs, n_classes=n_classes)
 
     @property
     def hidden_str(self) -> str:
@@ -56,7 +70,7 @@ class ModelSpec:
         return self.activation if self.hidden else "none"
 
     def describe(self) -> str:
-        """``"784-100-100-10 relu"``"""
+        """``"784-100-100-10 relu"``: the sizes, so the input and class counts too (``parse_describe`` reads it)"""
         return "-".join(map(str, self.sizes)) + (f" {self.activation}" if self.hidden else "")
 
 
@@ -79,6 +93,17 @@ def parse_hidden(text: str) -> tuple[int, ...]:
         return tuple(int(w) for w in text.split(","))
     except ValueError:
         raise SpecError(f"hidden widths must be integers, got {text!r}") from None
+
+
+def parse_describe(text: str) -> tuple[int, int] | None:
+    """The input and class counts of a ``describe()`` text; None if it is not one.
+
+    ``parse_describe("64-100-10 relu") == (64, 10)``; ``parse_describe("5-3") == (5, 3)``
+    """
+    sizes = text.split(" ", 1)[0].split("-")
+    if len(sizes) < 2 or not all(s.isdigit() and int(s) > 0 for s in sizes):
+        return None
+    return int(sizes[0]), int(sizes[-1])
 
 
 def build_model(spec: ModelSpec) -> nn.Sequential:

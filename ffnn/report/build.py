@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..tracking import RUN_COLUMNS, TAG_LOOKS, TAG_SEQUENTIAL, Tracker
+from .capacity import Capacity, analyse_capacity
 from .looks import add_look, grown_steps, parse_looks
 from .plan import plan
 from .runs import TRAIN_FIELDS, ReportError, Selection, select_runs, summarise, tidy_runs, typical_std
@@ -97,6 +98,7 @@ class Report:
     files: list[Path] = field(default_factory=list)
     parent_run_id: str | None = None  # where the files were logged
     grown: dict[str, int] = field(default_factory=dict)  # family -> fewest seeds of an earlier look, if it grew
+    capacity: Capacity | None = None  # the grid's map, frontiers and fits, when grid cells are present
 
     def evidence(self) -> str:
         """``"n=30 finished runs: 6 models x 5 seeds; mnist, lr 0.1, batch 100, 3000 iters"``"""
@@ -112,12 +114,16 @@ class Report:
         return f"n={self.n_runs} finished runs: {n_models} model{'s' * (n_models != 1)} x {per}; {setup}"
 
     def verdict_lines(self) -> list[str]:
-        """``C -> D (add a layer): +0.76 pts [+0.52, +1.00] 99.3%, helped; new images [+0.40, +1.12] helped``"""
-        return [comparison_text(r) for r in self.comparisons.itertuples()]
+        """``C -> D (add a layer): +0.76 pts [+0.52, +1.00] 99.3%, helped; new images [+0.40, +1.12] helped``;
+        then a grid's frontiers, budget interaction and fits"""
+        return [comparison_text(r) for r in self.comparisons.itertuples()] + \
+            (self.capacity.lines() if self.capacity else [])
 
     def answer_lines(self) -> list[str]:
-        """The answer first: one sentence per step of every family (plain text, no markup)."""
-        return [answer_text(r, self.margin, self.alpha) for r in self.comparisons.itertuples()]
+        """The answer first: one sentence per step of every family (plain text, no markup); then a grid's
+        frontier per depth, budget interaction and scaling fits (each saying whether it passed its hold-out)."""
+        return [answer_text(r, self.margin, self.alpha) for r in self.comparisons.itertuples()] + \
+            (self.capacity.lines() if self.capacity else [])
 
     def verdict_header(self) -> str:
         rules = set(self.comparisons["rule"]) if len(self.comparisons) else {"holm"}
@@ -279,7 +285,7 @@ def record_look(tracker: Tracker, exp_ids: Sequence[str], result: Analysis) -> N
 def make_report(cfg: ReportConfig, tracking_uri: str | None = None) -> Report:
     """Read, compute, plot, write the files and log them on the latest comparison parent run."""
     from .export import write_files
-    from .plots import histories, render_plots
+    from .plots import CAPACITY_MAP, capacity_map, histories, render_plots
 
     tracker = Tracker.open(tracking_uri)
     exp_ids = open_experiments(tracker, cfg.experiments)
@@ -323,10 +329,14 @@ def make_report(cfg: ReportConfig, tracking_uri: str | None = None) -> Report:
     mean_acc = float(sel.kept["accuracy"].mean())
     report = Report(cfg, tracker.uri, summary, table, notes, len(sel.kept), cfg.out_dir, design, alpha, margin,
                     typical_std(sel), binomial_se(mean_acc, n_test) if n_test else math.nan, n_test,
-                    grown=result.grown)
+                    grown=result.grown, capacity=analyse_capacity(sel, summary, table, alpha, margin, n_test,
+                                                                  cfg.confidence))
     figures = {}
     if {"png", "html"} & set(cfg.formats):
         figures = render_plots(sel, histories(tracker, sel.kept), summary, cfg.confidence, table, margin)
+        heatmap = capacity_map(report.capacity.cells) if report.capacity else None
+        if heatmap is not None:
+            figures[CAPACITY_MAP] = heatmap
     report.files = write_files(report, figures)
 
     kind = frame[RUN_COLUMNS["kind"]] if RUN_COLUMNS["kind"] in frame.columns else pd.Series("", index=frame.index)

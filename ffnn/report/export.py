@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import errno
 import html
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
-from ..errors import fault_line, no_space
+from ..files import write_all
 from .build import Report, ReportError
 from .plan import FAMILIES
 from .plots import PLOTS
@@ -27,6 +22,7 @@ from .stats import MIN_SEEDS
 
 NO_STEPS = "No capacity steps among the models present."
 FOREST = "comparisons.png"
+CAPACITY = "capacity_map.png"
 LEFT = {"Model", "Spec", "Device", "Family", "Comparison", "Change", "Pairing", "Verdict", "New-images verdict",
         "Failures"}
 
@@ -112,10 +108,10 @@ def method_text(report: Report) -> list[str]:
         f"the margin is never reported as helped or hurt.",
         f"Failures are outcomes. A FAILED run is diverged (its ffnn.failure tag says so) or crashed, and scores "
         f"chance accuracy (100 / classes) in the comparisons, a failed seed's per-image record chance on every "
-        f"image; a FINISHED run at or below {COLLAPSED_AT:g}% (chance plus 5 points) collapsed, and keeps its "
-        f"measured accuracy. So failures enter the means and the tests of the comparisons (the model table's "
-        f"means are over the runs that trained). Each comparison also shows Fisher's exact test of the two "
-        f"failure rates (scipy fisher_exact); a side whose failure rate is higher at p < {a:g} (unadjusted, "
+        f"image; a FINISHED run at or below chance plus 5 points ({COLLAPSED_AT:g}% with 10 classes) collapsed, "
+        f"and keeps its measured accuracy. So failures enter the means and the tests of the comparisons (the "
+        f"model table's means are over the runs that trained). Each comparison also shows Fisher's exact test "
+        f"of the two failure rates (scipy fisher_exact); a side whose failure rate is higher at p < {a:g} (unadjusted, "
         f"which only makes this guard stricter) is never the one that helped: such a comparison is undecided.",
         f"Families ({'; '.join(f'{k}: {v}' for k, v in FAMILIES.items())}) are decided separately, so adding "
         f"models to one never changes another's verdicts.",
@@ -203,11 +199,12 @@ def markdown(report: Report, plots: list[str]) -> str:
              f"{report.evidence()}. Accuracy in percent, differences in points. "
              f"Tracking store: `{report.uri}`; generated {_now()}.", "",
              *([f"![{PLOTS[FOREST]}]({FOREST})", ""] if FOREST in plots else []),  # the picture of the answer
+             *(capacity_markdown(report, CAPACITY in plots)),
              "## Models", "", markdown_table(models), "",
              "## Comparisons", "", f"Verdicts: {_md(report.verdict_header())}.", "",
              markdown_table(comparisons) if len(comparisons) else NO_STEPS, ""]
     if plots:
-        parts += ["## Plots", ""] + [f"![{PLOTS[p]}]({p})\n" for p in plots if p != FOREST]
+        parts += ["## Plots", ""] + [f"![{PLOTS[p]}]({p})\n" for p in plots if p not in (FOREST, CAPACITY)]
     if report.notes:
         parts += ["## Notes", "", *(f"- {_md(n)}" for n in report.notes), ""]
     parts += ["## Method", "", *(p + "\n" for p in method_text(report))]
@@ -238,11 +235,43 @@ def latex(report: Report, plots: Sequence[str] = ()) -> str:
     if len(comparisons):
         parts += [latex_table(comparisons, f"Differences in final test accuracy (points). Verdicts: "
                                            f"{report.verdict_header()}.", "tab:ffnn-comparisons"), ""]
+    if CAPACITY in plots:
+        parts += ["\\begin{figure}[ht]", "\\centering", f"\\includegraphics[width=\\linewidth]{{{CAPACITY}}}",
+                  f"\\caption{{{_tex_escape(PLOTS[CAPACITY])}.}}", "\\label{fig:ffnn-capacity}", "\\end{figure}", ""]
     if "comparisons.png" in plots:  # the forest plot, beside the .tex as the PNGs are written
         parts += ["\\begin{figure}[ht]", "\\centering", "\\includegraphics[width=\\linewidth]{comparisons.png}",
                   f"\\caption{{{_tex_escape(PLOTS['comparisons.png'])}.}}", "\\label{fig:ffnn-comparisons}",
                   "\\end{figure}", ""]
     return "\n".join(parts)
+
+
+FIT_NOTE = ("Its frontiers, budget interaction and scaling fits are in the answer above. The fits: err(N) = E + "
+            "A N^-alpha per depth over parameter count N, robust loss in log space, intervals from a bootstrap over "
+            "seeds; the hold-out is the widest width, predicted by the fit without it.")
+
+
+def _capacity_tables(report: Report) -> list[tuple[str, pd.DataFrame]]:
+    c = report.capacity
+    if c is None:
+        return []
+    return [("Scaling fits", c.scaling_display())] + ([("Budget interaction (interaction.csv)", c.interaction.round(3))]
+                                                       if len(c.interaction) else [])
+
+
+def capacity_markdown(report: Report, with_map: bool) -> list[str]:
+    """The grid's section: the map and the tables of its fits and budget interaction."""
+    if report.capacity is None:
+        return []
+    return ["## Capacity map", "", *([f"![{PLOTS[CAPACITY]}]({CAPACITY})", ""] if with_map else []), FIT_NOTE, "",
+            *(x for title, t in _capacity_tables(report) for x in (f"{title}:", "", markdown_table(t), ""))]
+
+
+def capacity_html(report: Report, figure: str) -> str:
+    if report.capacity is None:
+        return ""
+    tables = "".join(f"<p>{html.escape(title)}:</p><div class=\"wide\">{t.to_html(index=False, border=0)}</div>"
+                     for title, t in _capacity_tables(report))
+    return f"<h2>Capacity map</h2>{figure}<p>{html.escape(FIT_NOTE)}</p>{tables}"
 
 
 def html_page(report: Report, figures: dict[str, bytes]) -> str:
@@ -255,6 +284,7 @@ def html_page(report: Report, figures: dict[str, bytes]) -> str:
                  f'{base64.b64encode(png).decode()}"><figcaption>{esc(PLOTS[n])}</figcaption></figure>'
               for n, png in figures.items()}
     forest = figure.pop(FOREST, "")  # the picture of the answer, right under it
+    forest += capacity_html(report, figure.pop(CAPACITY, ""))
     images = "".join(figure.values())
     notes = "".join(f"<li>{esc(n)}</li>" for n in report.notes)
     method = "".join(f"<p>{esc(p)}</p>" for p in method_text(report))
@@ -292,15 +322,11 @@ def _now() -> str:
 def write_files(report: Report, figures: dict[str, bytes]) -> list[Path]:
     """Write the requested formats into ``report.out``; return the paths written."""
     out, fmts = report.out, set(report.cfg.formats)
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ReportError(f"--out: cannot create {out} ({e.strerror})") from None
     files: dict[str, str | bytes] = {}
     if "csv" in fmts:
         files["summary.csv"] = report.summary.to_csv(index=False)
         files["comparisons.csv"] = report.comparisons.to_csv(index=False)
+        files.update(report.capacity.csv_files() if report.capacity else {})
     plots = list(figures) if "png" in fmts else []
     if "md" in fmts:
         files["summary.md"] = markdown(report, plots)
@@ -310,36 +336,4 @@ def write_files(report: Report, figures: dict[str, bytes]) -> list[Path]:
         files["summary.html"] = html_page(report, figures)
     for name in plots:
         files[name] = figures[name]
-    try:
-        return _write_all(out, files)
-    except ReportError:
-        if created:  # a folder this report made stays only with the report in it
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-
-
-def _write_all(out: Path, files: dict[str, str | bytes]) -> list[Path]:
-    """All of ``files`` into ``out`` or none: each is written whole into a temporary folder beside ``out``
-    (where a full disk or a permission stops it), then moved into place, a rename that needs no space.
-    The previous report stays as it was until then; other files in ``out`` are never touched."""
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise ReportError(f"cannot write the report beside {out}: {fault_line(e)}") from None
-    try:
-        for name, content in files.items():
-            try:
-                if isinstance(content, bytes):
-                    (tmp / name).write_bytes(content)
-                else:
-                    (tmp / name).write_text(content, encoding="utf-8")
-            except OSError as e:
-                line = fault_line(no_space(out / name)) if e.errno == errno.ENOSPC else \
-                    f"cannot write {out / name}: {fault_line(e)}"
-                raise ReportError(f"{line}; the report in {out} is left as it was") from None
-        for name in files:
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return [out / name for name in files]
+    return write_all(out, files, "report", ReportError)

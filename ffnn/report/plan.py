@@ -4,6 +4,8 @@ Family-wise error is controlled within a family, so a family's verdicts depend o
 models of that family: adding tuned models never changes the tutorial chain's verdicts.
 - ``tutorial``: the tutorial's chain LR->A, A->B, B->C, C->D, D->E, plus LR->C and A->C.
 - ``specs``: width and depth steps among the other untuned specs (a user's experiments/*.toml).
+- ``capacity``: a grid's steps (``ffnn.grid``): each width to the next one of the grid at a fixed depth, and each
+  added layer at a fixed width, within one activation and recipe.
 - ``recipe``: X -> X*, tuned widths and lr vs the tutorial's recipe (not a capacity step).
 - ``tuned``: the chain among tuned models, A*->B*->C*, C*->D*->E* (and LR*->A*, LR*->C*, A*->C*).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..grid import is_cell
 from ..models import REGISTRY
 from .runs import ModelInfo
 
@@ -21,6 +24,7 @@ CHAIN = (("LR", "A", "add a sigmoid hidden layer"), ("A", "B", "sigmoid -> tanh"
          ("A", "C", "sigmoid -> relu"))
 FAMILIES = {"tutorial": "the tutorial's capacity steps",
             "specs": "width and depth steps among your specs",
+            "capacity": "width steps and added layers of a grid",
             "recipe": "tuned widths and lr vs the tutorial's recipe",
             "tuned": "capacity steps between tuned models"}
 SAME_FOR_CAPACITY = ("lr", "batch_size", "iters", "dataset")  # an untuned step changes nothing else
@@ -47,7 +51,9 @@ def plan(models: dict[str, ModelInfo]) -> list[Step]:
         x, y = models.get(a), models.get(b)
         if x and y and _same(x, y, SAME_FOR_CAPACITY):
             steps.append(Step("tutorial", a, b, change))
-    steps += _spec_steps([m for n, m in models.items() if not n.endswith("*") and n not in REGISTRY], models)
+    others = {n: m for n, m in models.items() if not is_cell(n, m.spec)}  # grid cells have their own family
+    steps += _spec_steps([m for n, m in others.items() if not n.endswith("*") and n not in REGISTRY], others)
+    steps += capacity_steps(models)
     for name, y in models.items():
         x = models.get(name[:-1]) if name.endswith("*") else None
         if x is not None and _same(x, y, ("dataset",)):
@@ -79,6 +85,29 @@ def _spec_steps(own: list[ModelInfo], models: dict[str, ModelInfo]) -> list[Step
             if ({x.name, y.name} & mine and hx and x.spec.activation == y.spec.activation
                     and hy == (*hx, hx[-1]) and _same(x, y, SAME_FOR_CAPACITY)):
                 steps.append(Step("specs", x.name, y.name, "add a layer"))
+    return steps
+
+
+def capacity_steps(models: dict[str, ModelInfo]) -> list[Step]:
+    """A grid's steps: at each depth every width to the next width of the grid, then at each width every
+    depth to the next (an added layer); only between cells of one activation and recipe."""
+    groups: dict[tuple, list[ModelInfo]] = {}
+    for name, m in models.items():
+        if is_cell(name, m.spec):
+            groups.setdefault((m.spec.activation, m.train), []).append(m)
+    steps: list[Step] = []
+    for cells in groups.values():
+        at = {(c.spec.hidden[0], len(c.spec.hidden)): c for c in cells}  # (width, depth) -> cell
+        widths, depths = sorted({w for w, _ in at}), sorted({d for _, d in at})
+        for d in depths:
+            row = [w for w in widths if (w, d) in at]
+            steps += [Step("capacity", at[(w, d)].name, at[(v, d)].name, f"width {w} -> {v} at depth {d}")
+                      for w, v in zip(row, row[1:])]
+        for w in widths:
+            col = [d for d in depths if (w, d) in at]
+            steps += [Step("capacity", at[(w, d)].name, at[(w, e)].name,
+                           f"add a layer at width {w}" if e == d + 1 else f"depth {d} -> {e} at width {w}")
+                      for d, e in zip(col, col[1:])]
     return steps
 
 

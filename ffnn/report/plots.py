@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import matplotlib
@@ -20,9 +21,12 @@ PLOTS = {"comparisons.png": "Each comparison's difference: the interval that dec
                             "and on new images (thin), lines at 0 and +-margin, coloured by verdict",
          "accuracy_curves.png": "Test accuracy vs iteration (mean over seeds, 95% band)",
          "train_loss.png": "Train loss vs iteration (smoothed, mean over seeds, 95% band)",
-         "final_accuracy.png": "Final test accuracy per seed, with mean and 95% CI"}
+         "final_accuracy.png": "Final test accuracy per seed, with mean and 95% CI",
+         "capacity_map.png": "The capacity map: mean final test accuracy of each grid cell (width x depth, one panel "
+                             "per budget), with the half-width of its 95% CI"}
 VERDICT_COLORS = {"helped": "#1a9850", "hurt": "#d73027", "negligible": "#7b3294", "equivalent": "#4575b4",
                   "undecided": "#999999"}
+CAPACITY_MAP = "capacity_map.png"
 LOSS_SMOOTHING = 200  # steps per rolling mean of the logged train_loss points
 
 
@@ -87,6 +91,37 @@ def forest_plot(comparisons: pd.DataFrame, margin: float) -> bytes | None:
     ax.set(xlabel="difference in final test accuracy, b - a (points)",
            title=f"Comparisons: deciding interval (thick), new images (thin); dashed: +-{margin:g} margin")
     ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def capacity_map(cells: pd.DataFrame) -> bytes | None:
+    """A heatmap per (budget, lr) of ``capacity.cell_frame``: rows depth, columns width, mean and +-CI in each cell."""
+    if cells.empty:
+        return None
+    groups = list(cells.groupby(["iters", "lr"], sort=True))
+    widths, depths = sorted(cells["width"].unique()), sorted(cells["depth"].unique())
+    lo, hi = float(cells["mean"].min()), float(cells["mean"].max())
+    fig = Figure(figsize=(1.1 * len(widths) * len(groups) + 2, 0.9 * len(depths) + 1.8))
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    image = None
+    for ax, ((iters, lr), g) in zip(axes, groups):
+        grid = np.full((len(depths), len(widths)), np.nan)
+        for r in g.itertuples():
+            i, j = depths.index(r.depth), widths.index(r.width)
+            grid[i, j] = r.mean
+            half = (r.ci_high - r.ci_low) / 2 if not pd.isna(r.ci_low) else math.nan
+            text = f"{r.mean:.2f}" + ("" if pd.isna(half) else f"\n+-{half:.2f}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if hi > lo and (r.mean - lo) / (hi - lo) < 0.5 else "black")
+        image = ax.imshow(grid, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect="auto",
+                          origin="lower")
+        ax.set_xticks(range(len(widths)), [str(w) for w in widths], fontsize=8)
+        ax.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=8)
+        ax.set(xlabel="width (hidden units per layer)", ylabel="depth (hidden layers)",
+               title=f"{iters} iters, lr {lr}" if len(groups) > 1 else "")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="mean final test accuracy (%)")
+    fig.suptitle("Capacity map: mean final test accuracy per cell, +- half its 95% CI")
     return _png(fig)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..models import N_CLASSES, REGISTRY, ModelSpec, SpecError, count_params, parse_hidden
+from ..grid import parse_cell
+from ..models import MNIST_CLASSES, REGISTRY, ModelSpec, SpecError, count_params, parse_describe, parse_hidden
 from ..tracking import RUN_COLUMNS
 from .stats import MIN_SEEDS, mean_ci
 
@@ -21,7 +22,12 @@ TRAIN_FIELDS = ("lr", "batch_size", "iters", "dataset")  # what must match for a
 # A FINISHED run at most this many points above chance (100 / classes) learned nothing: it collapsed
 # (e.g. E at lr 100 ends at 9.8 %). It is an outcome, counted like a divergence, not averaged in.
 COLLAPSE_POINTS = 5.0
-COLLAPSED_AT = 100 / N_CLASSES + COLLAPSE_POINTS  # percent
+COLLAPSED_AT = 100 / MNIST_CLASSES + COLLAPSE_POINTS  # percent, with 10 classes (``chance`` for others)
+
+
+def chance(n_classes: int) -> float:
+    """Percent a guess gets: what a failed (diverged or crashed) seed scores in a comparison."""
+    return 100 / n_classes
 
 
 class ReportError(UserError):
@@ -95,37 +101,42 @@ def tidy_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_info(row: pd.Series) -> ModelInfo:
+    """The model of a run; its input and class counts from its ``ffnn.spec`` tag (MNIST's without one)."""
+    sizes = parse_describe(row["spec"]) if isinstance(row["spec"], str) else None
     try:
-        spec = ModelSpec(parse_hidden(str(row["hidden"])), str(row["activation"]))
+        spec = ModelSpec(parse_hidden(str(row["hidden"])), str(row["activation"]), *(sizes or ()))
     except SpecError:
         spec = ModelSpec()
     return ModelInfo(str(row["model"]), spec, tuple(row[f] for f in TRAIN_FIELDS))
 
 
 def model_order(names: Sequence[str]) -> list[str]:
-    """Registry models in the tutorial's order, then the rest by name; ``X*`` right after ``X``."""
+    """Registry models in the tutorial's order, then the rest by name, grid cells last by budget, lr, depth and
+    width; ``X*`` right after ``X``."""
     index = {m: i for i, m in enumerate(REGISTRY)}
 
     def key(name: str) -> tuple:
         base, tuned = (name[:-1], 1) if name.endswith("*") else (name, 0)
-        return (0, index[base], "", tuned) if base in index else (1, 0, base, tuned)
+        cell = parse_cell(base)
+        if cell is not None:
+            return (2, (cell.iters or 0, cell.lr or 0.0, cell.depth, cell.width), "", tuned)
+        return (0, (index[base],), "", tuned) if base in index else (1, (0,), base, tuned)
     return sorted(names, key=key)
 
 
-def outcome(status: str, accuracy: float, failure: str) -> str:
+def outcome(status: str, accuracy: float, failure: str, n_classes: int = MNIST_CLASSES) -> str:
     """``ok``, ``collapsed``, ``diverged``, ``crashed`` (FAILED otherwise) or ``unfinished``.
 
     ``outcome("FINISHED", 9.8, "") == "collapsed"``; ``outcome("FAILED", nan, "diverged: ...") == "diverged"``
     """
     if status == "FINISHED":
-        return "collapsed" if accuracy <= COLLAPSED_AT else "ok"
+        return "collapsed" if accuracy <= chance(n_classes) + COLLAPSE_POINTS else "ok"
     if status == "FAILED":
         return "diverged" if str(failure).startswith("diverged") else "crashed"
     return "unfinished"
 
 
 FAILURES = ("diverged", "crashed", "collapsed")  # outcomes that count against a model
-CHANCE = 100 / N_CLASSES  # percent: what a failed (diverged or crashed) seed scores in a comparison
 
 
 @dataclass
@@ -143,11 +154,12 @@ class Selection:
 
     def scored(self, model: str) -> pd.DataFrame:
         """Every seed of ``model`` with an outcome, as comparisons score it: columns seed, score, failed,
-        test_correct. ok and collapsed seeds score their accuracy; diverged and crashed ones CHANCE."""
+        test_correct. ok and collapsed seeds score their accuracy; diverged and crashed ones chance."""
         mine = self.outcomes[(self.outcomes["model"] == model) & (self.outcomes["outcome"] != "unfinished")]
         lost = mine["outcome"].isin(("diverged", "crashed"))
         return pd.DataFrame({"seed": mine["seed"].to_numpy(int),
-                             "score": np.where(lost, CHANCE, mine["accuracy"].to_numpy(float)),
+                             "score": np.where(lost, chance(self.models[model].spec.n_classes),
+                                               mine["accuracy"].to_numpy(float)),
                              "failed": mine["outcome"].isin(FAILURES).to_numpy(),
                              "test_correct": mine["test_correct"].to_numpy(object)}).sort_values("seed")
 
@@ -199,8 +211,8 @@ def select_runs(runs: pd.DataFrame, models: Sequence[str] = ()) -> Selection:
         parts.append(mine.sort_values("seed"))
         infos[name] = info
     chosen = pd.concat(parts) if parts else latest.iloc[:0]
-    chosen = chosen.assign(outcome=[outcome(s, a, f) for s, a, f in
-                                    zip(chosen["status"], chosen["accuracy"], chosen["failure"])])
+    chosen = chosen.assign(outcome=[outcome(s, a, f, infos[m].spec.n_classes) for s, a, f, m in
+                                    zip(chosen["status"], chosen["accuracy"], chosen["failure"], chosen["model"])])
     kept = chosen[chosen["outcome"] == "ok"].drop(columns="outcome").reset_index(drop=True)
     outcomes = chosen[["model", "seed", "outcome", "accuracy", "failure", "failure_step", "test_correct"]
                       ].reset_index(drop=True)

@@ -23,7 +23,6 @@ import pandas as pd
 from scipy import stats
 
 from ..bits import unpack_correct
-from ..models import N_CLASSES
 from .plan import FAMILIES, Step
 from .runs import Selection, failure_text, typical_std
 from .scope import new_images_se
@@ -44,18 +43,19 @@ class _Side:
     score: np.ndarray
     failed: np.ndarray
     correct: list[str]
+    n_classes: int  # a failed seed guesses: right on 1 / n_classes of each image
 
 
 def _side(sel: Selection, model: str) -> _Side:
     s = sel.scored(model)
     return _Side(s["seed"].to_numpy(int), s["score"].to_numpy(float), s["failed"].to_numpy(bool),
-                 list(s["test_correct"]))
+                 list(s["test_correct"]), sel.models[model].spec.n_classes)
 
 
 def _first(side: _Side, seeds: Sequence[int]) -> _Side:
     keep = np.isin(side.seeds, seeds)
     return _Side(side.seeds[keep], side.score[keep], side.failed[keep],
-                 [c for c, k in zip(side.correct, keep) if k])
+                 [c for c, k in zip(side.correct, keep) if k], side.n_classes)
 
 
 def _images(side: _Side, seeds: Sequence[int], failed: dict[int, bool]) -> np.ndarray | None:
@@ -73,7 +73,7 @@ def _images(side: _Side, seeds: Sequence[int], failed: dict[int, bool]) -> np.nd
     if len(width) != 1:
         return None
     big_n = width.pop()
-    return np.stack([r.astype(float) if r is not None else np.full(big_n, 1 / N_CLASSES) for r in rows])
+    return np.stack([r.astype(float) if r is not None else np.full(big_n, 1 / side.n_classes) for r in rows])
 
 
 def _new_images(a: _Side, b: _Side, t: Test) -> tuple[float, float, float]:
