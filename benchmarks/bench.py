@@ -11,6 +11,11 @@
 5. ``ffnn compare --until-decided`` on MNIST and on Fashion-MNIST (``--until-decided-only`` runs just
    these): runs trained and wall time, beside what the rule before per-comparison rounds and
    confidence sequences took (180 runs / 148.6 s and 360 runs / 289 s, f6b9585).
+6. ``ffnn compare --config experiments/capacity.toml`` on MNIST (``--capacity-only`` runs just this): the
+   capacity map's 18 cells x 5 seeds, report and scaling fits included, its wall time and training phase.
+7. ``ffnn tune --model C --n-trials 20 --sampler-seed 7`` with ``--trial-seeds 1`` and ``3`` (``--tune-only``
+   runs just these): the study's trials per minute and the command's wall time, beside the 27.1 trials a
+   minute of the single-run autograd trials before (12 trials, ``--pruner none``, f6b9585).
 Each compare runs as a user would type it, in a scratch folder with a fresh store.
 """
 
@@ -82,29 +87,29 @@ def tutorial_way(root: str) -> float:
     return seconds
 
 
-def compare(data_dir: str, tmp: str, *argv: str, show: Callable[[str], bool] = lambda line: False
-            ) -> tuple[float, dict]:
+def compare(data_dir: str, tmp: str, *argv: str, show: Callable[[str], bool] = lambda line: False,
+            config: str = "experiments/compare.toml", experiment: str = "compare") -> tuple[float, dict]:
     """Run ``ffnn compare ARGV`` in ``tmp``; its wall time and its comparison's parent-run metrics.
     The lines of its output that ``show`` picks are printed after it ends."""
     cmd = [sys.executable, "-m", "ffnn", "compare", "--data-dir", str(Path(data_dir).resolve()),
-           "--config", str(Path("experiments/compare.toml").resolve()), *argv]
+           "--config", str(Path(config).resolve()), *argv]
     start = time.perf_counter()
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp, text=True).stdout
     wall = time.perf_counter() - start
     for line in out.splitlines():
         if show(line):
             print(line)
-    tracker, exp = _store(tmp)
+    tracker, exp = _store(tmp, experiment)
     parents = tracker.search(exp, f"tags.`{TAG_KIND}` = 'comparison'")
     return wall, parents[0].data.metrics
 
 
-def _store(tmp: str) -> tuple[Tracker, str]:
-    """The fresh store's tracker and the id of its "compare" experiment, which the run above created."""
+def _store(tmp: str, experiment: str = "compare") -> tuple[Tracker, str]:
+    """The fresh store's tracker and the id of the experiment the run above created."""
     tracker = Tracker.open(f"sqlite:///{tmp}/mlruns/mlflow.db")
-    exp = tracker.experiment_id("compare", create=False)
+    exp = tracker.experiment_id(experiment, create=False)
     if exp is None:
-        raise RuntimeError(f"no experiment 'compare' in {tmp}/mlruns: the compare run logged nothing")
+        raise RuntimeError(f"no experiment {experiment!r} in {tmp}/mlruns: the compare run logged nothing")
     return tracker, exp
 
 
@@ -129,16 +134,57 @@ def until_decided(data_dir: str, dataset: str) -> None:
               f" in {wall:.1f} s wall; before: {runs_before} runs / {wall_before:.1f} s")
 
 
+def capacity(data_dir: str) -> None:
+    """``ffnn compare --config experiments/capacity.toml`` as a user types it, in a fresh store, report included:
+    the wall time, the training phase, and the report's scaling lines."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, m = compare(data_dir, tmp, config="experiments/capacity.toml", experiment="capacity",
+                          show=lambda line: line.lstrip().startswith(("Scaling at", "At depth")))
+        print(f"compare --config experiments/capacity.toml (18 cells x 5 seeds, report included, fresh store): "
+              f"{wall:.1f} s wall; training phase {m['wall_seconds']:.1f} s, {m['runs_trained']:.0f} runs")
+
+
+TUNE_BEFORE = 27.1  # trials per minute: 12 trials of C, --pruner none, one autograd run per trial (f6b9585)
+
+
+def tune_rate(data_dir: str) -> None:
+    """``ffnn tune --model C --n-trials 20 --sampler-seed 7`` at K = 1 and 3 seeds per trial, each in a fresh
+    store: the same 20 configurations' random start, then what each objective leads TPE to."""
+    walls = {}
+    for k in (1, 3):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "ffnn", "tune", "--data-dir", str(Path(data_dir).resolve()),
+                   "--config", str(Path("experiments/tune.toml").resolve()), "--model", "C", "--n-trials", "20",
+                   "--sampler-seed", "7", "--trial-seeds", str(k)]
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+            walls[k] = time.perf_counter() - start
+            tracker, exp = _store(tmp, "tune")
+            m = tracker.search(exp, f"tags.`{TAG_KIND}` = 'study'")[0].data.metrics
+            print(f"tune --model C --n-trials 20 --sampler-seed 7 --trial-seeds {k}: {m['trials_per_minute']:.1f} "
+                  f"trials per minute ({m['n_complete']:.0f} complete, {m['n_pruned']:.0f} pruned), "
+                  f"{walls[k]:.1f} s wall; before: {TUNE_BEFORE} per minute (one seed, autograd)")
+    print(f"tune, 3 seeds per trial against 1: {walls[3] / walls[1]:.2f}x the wall time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--seeds", type=int, default=100, help="seeds of C and E in the last compare")
     parser.add_argument("--until-decided-only", action="store_true", help="only the two --until-decided runs")
+    parser.add_argument("--capacity-only", action="store_true", help="only the capacity map's compare")
+    parser.add_argument("--tune-only", action="store_true", help="only the two tune runs (1 and 3 seeds per trial)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, device cpu")
     if args.until_decided_only:
         for dataset in ("mnist", "fashion-mnist"):
             until_decided(args.data_dir, dataset)
+        return
+    if args.capacity_only:
+        capacity(args.data_dir)
+        return
+    if args.tune_only:
+        tune_rate(args.data_dir)
         return
     slow = tutorial_way(args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,6 +203,8 @@ def main() -> None:
               f"{m['wall_seconds']:.1f} s")
     for dataset in ("mnist", "fashion-mnist"):
         until_decided(args.data_dir, dataset)
+    capacity(args.data_dir)
+    tune_rate(args.data_dir)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and recorded FAILED (default 10 ln 10 = 23.03; a non-finite loss always is)")
     p.add_argument("--divergence-window", type=int, default=None,
                    help="consecutive steps above the threshold that count as diverged (default 100)")
-    p.add_argument("--dataset", default=None, help="mnist or fashion-mnist (default: the file's, mnist)")
+    p.add_argument("--dataset", default=None,
+                   help="mnist, fashion-mnist, digits (scikit-learn's 8x8, bundled) or a path to an .npz file "
+                        "with x_train, y_train, x_test, y_test (default: the file's, mnist)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: the file's)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     _register_flag(p)
@@ -123,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="training processes sharing each study; 0 = one per CPU core (default: the file's, 0)")
     p.add_argument("--sampler", choices=["tpe", "random"], default=None, help="Optuna sampler (default tpe)")
+    p.add_argument("--sampler-seed", type=int, default=None,
+                   help="seeds the sampler: trial n draws with a seed from (N, n), so the same command on a fresh "
+                        "study samples the same configurations (default: the file's, 0)")
+    p.add_argument("--trial-seeds", type=int, default=None,
+                   help="seeds per trial, trained in one stack; the objective is their mean validation accuracy "
+                        "(default: the file's)")
+    p.add_argument("--trial-batch", type=int, default=None,
+                   help="trials asked and trained at once; 0 = 2 per CPU training process, 32 on a GPU "
+                        "(default: the file's, 0)")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default=None,
                    help="Optuna pruner (default median)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the file's)")
@@ -132,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain each study's best configuration on the full training set over --seeds seeds "
                         "and log them as comparison runs (model name e.g. C*)")
     p.add_argument("--seeds", type=int, default=None, help="seeds for --final (default: the file's, 5)")
+    p.add_argument("--dataset", default=None,
+                   help="mnist, fashion-mnist, digits or an .npz file, as for compare (default: the file's, mnist)")
     _register_flag(p)
     _data_flags(p)
     _tracking_flags(p)
@@ -160,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", formatter_class=Formatter, help="fetch and verify a dataset",
                        description="Put the verified dataset files into --data-dir.")
-    p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, digits or an .npz file (checked)")
     _data_flags(p)
     return parser
 
@@ -222,6 +235,7 @@ def cmd_compare(args) -> int:
                  "divergence_threshold": args.divergence_threshold, "divergence_window": args.divergence_window}
     cfg = build_compare_config(file_values, overrides)
     with build_context(cfg.dataset, cfg.device, args) as ctx:
+        cfg = ctx.bind(cfg)  # specs sized to the data's inputs and classes
         rows, cfg = _train_comparison(cfg, ctx, args)
     print_table(rows, cfg)
     print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {ctx.tracker.uri}  (make ui to browse)")
@@ -284,9 +298,10 @@ def build_context(dataset: str, device: str, args):
 
 
 def cmd_data(args) -> int:
-    from . import data
-    folder = data.prepare(data.get_spec(args.dataset), args.data_dir, args.data_source)
-    print(f"{args.dataset}: verified files in {folder}")
+    from . import datasets
+    _, where, shape = datasets.resolve(args.dataset, args.data_dir, args.data_source)
+    print(f"{args.dataset}: verified files in {where} ({shape.n_train} train, {shape.n_test} test examples of "
+          f"{shape.n_features} features, {shape.n_classes} classes)")
     return 0
 
 
@@ -353,9 +368,11 @@ def cmd_tune(args) -> int:
 
     overrides = {"models": args.model, "n_trials": args.n_trials, "timeout": args.timeout,
                  "storage": args.storage or os.environ.get("FFNN_OPTUNA_STORAGE"), "study_name": args.study_name,
-                 "workers": args.workers,
+                 "workers": args.workers, "sampler_seed": args.sampler_seed, "trial_seeds": args.trial_seeds,
+                 "trial_batch": args.trial_batch,
                  "sampler": args.sampler, "pruner": args.pruner, "experiment": args.experiment,
-                 "device": args.device, "iters": args.iters, "final": args.final or None, "seeds": args.seeds}
+                 "device": args.device, "iters": args.iters, "final": args.final or None, "seeds": args.seeds,
+                 "dataset": args.dataset}
     cfg = build_tune_config(read_toml(args.config), overrides)
     if args.register and not cfg.final:
         raise UserError("--register registers the models that --final retrains; pass --final too")

@@ -1,27 +1,24 @@
-"""What a training process does: the jobs of compare (a stack of seeds) and tune (one trial).
+"""What a training process does for compare: a stack of seeds (tune's trials: ``trials``).
 
 Picklable job descriptions in, plain results out; no tracker, no Optuna, so
 that a training process imports neither. ``engine.Engine`` runs these in its
-workers or in the calling process; ``compare`` and ``tune`` record the results.
+workers or in the calling process; ``compare`` records the results.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import data as data_mod
 from .bits import pack_correct
 from .data import Dataset
-from .errors import Interrupted
 from .models import ModelSpec, count_params
 from .stacked import train_stacked
-from .train import Diverged, DivergenceRule, EvalPoint, TrainConfig, device_name, train
+from .train import DivergenceRule, TrainConfig, device_name
 
 LOSS_STRIDE = 50  # train_loss is logged as the mean of each 50 optimizer steps, at the 50th (60 points a
 # 3000-step run: half the time of a run's log_batch at 10 steps, and a curve as smooth)
@@ -105,75 +102,3 @@ def window_means(points: list[tuple[int, float]], stride: int) -> list[tuple[int
     """
     return [(chunk[-1][0], sum(v for _, v in chunk) / len(chunk))
             for chunk in (points[i:i + stride] for i in range(0, len(points), stride))]
-
-
-# ---------------------------------------------------------------- tune: one trial
-@dataclass(frozen=True)
-class TuneData:
-    """The training set cut in two; the test set is not kept."""
-
-    x_fit: torch.Tensor  # (N - val_size, 784) trained on
-    y_fit: torch.Tensor
-    x_val: torch.Tensor  # (val_size, 784) the objective
-    y_val: torch.Tensor
-
-
-def load_split(dataset: data_mod.DatasetSpec, data_dir: str, device: str, val_size: int, seed: int) -> TuneData:
-    ds = data_mod.load(dataset, data_dir, device=device, verify=False)
-    return TuneData(*data_mod.split_validation(ds.x_train, ds.y_train, val_size, seed))
-
-
-@dataclass(frozen=True)
-class TrialJob:
-    number: int  # Optuna trial number
-    spec: ModelSpec
-    cfg: TrainConfig  # the trial's lr; the study's budget and seed
-
-
-@dataclass
-class Outcome:
-    state: str  # COMPLETE, PRUNED or FAIL (Optuna's names)
-    value: float = math.nan  # final validation accuracy, percent
-    seconds: float = 0.0  # training wall time, evaluations included
-    step: int = 0  # optimizer steps done
-    reason: str = ""  # why it diverged or failed; empty when the pruner stopped it
-    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss) not yet reported
-
-
-class _Prune(Exception):
-    pass
-
-
-def run_trial(job: TrialJob, data: TuneData, should_prune: Callable[[EvalPoint], bool]) -> Outcome:
-    """Train one trial; pruning, divergence and crashes come back as an Outcome, not as exceptions."""
-    start = time.perf_counter()
-    step = 0
-
-    def on_eval(point: EvalPoint) -> None:
-        nonlocal step
-        step = point.step
-        if should_prune(point):
-            raise _Prune
-
-    try:
-        res = train(job.spec, job.cfg, data.x_fit, data.y_fit, data.x_val, data.y_val, on_eval)
-    except _Prune:
-        return Outcome("PRUNED", seconds=time.perf_counter() - start, step=step)
-    except Diverged as e:
-        # Pruned rather than failed: TPE ranks pruned trials below every finished one but ignores
-        # failed ones, so this way it learns that the region diverges.
-        return Outcome("PRUNED", seconds=time.perf_counter() - start, step=e.step, reason=f"diverged: {e}",
-                       losses=e.losses)
-    except Interrupted:
-        raise
-    except Exception as e:  # a failed trial is recorded, the study goes on
-        return Outcome("FAIL", seconds=time.perf_counter() - start, step=step,
-                       reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
-    return Outcome("COMPLETE", res.accuracy, res.seconds, job.cfg.iters)
-
-
-def trial_work(data: TuneData, job: TrialJob, ask: Callable[[EvalPoint], bool]) -> Outcome:
-    """The engine's work for a trial: ``ask`` sends each evaluation to the parent and returns its prune decision."""
-    return run_trial(job, data, ask)
-
-

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +50,7 @@ class SeedResult:
     state_dict: dict[str, torch.Tensor] | None = None  # nn.Sequential keys, on the CPU; None when failed
     failure: str | None = None
     failed_step: int | None = None
+    stopped_step: int | None = None  # on_eval stopped it after this step's evaluation (a pruned trial)
     eval_correct: np.ndarray | None = None  # (M,) bool: each eval image classified right at the final evaluation
 
 
@@ -74,6 +75,9 @@ class _Layers:
     weights: list[torch.Tensor]  # (S, out, in) per layer
     biases: list[torch.Tensor]  # (S, out, 1) per layer
     act: Callable[[torch.Tensor], torch.Tensor] | None  # None: no hidden layer
+    # (S, H, 1) per hidden layer, 1 for a seed's own units and 0 for its padding; None when no padded unit's
+    # activation is nonzero (relu and tanh map the padding's 0 to 0)
+    masks: list[torch.Tensor] | None = None
 
     def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each layer's input, feature-major, then the logits: ``x`` (S, B, 784), or (B, 784) shared by every
@@ -83,7 +87,11 @@ class _Layers:
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = hs[-1]
             h = torch.baddbmm(b, w, h) if h.dim() == 3 else torch.matmul(w, h) + b  # (S, out, B)
-            hs.append(self.activate(h) if i < last else h)
+            if i < last:
+                h = self.activate(h)
+                if self.masks is not None:
+                    h = h.mul_(self.masks[i])
+            hs.append(h)
         return hs
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,18 +119,33 @@ class _Layers:
 class _Stack(_Layers):
     """The stacked parameters and the device-side state of one pass."""
 
-    def __init__(self, spec: ModelSpec, seeds: Sequence[int], lrs: Sequence[float], iters: int,
-                 device: torch.device):
-        models = [seeded_model(spec, s, "cpu") for s in seeds]
+    def __init__(self, spec: ModelSpec | Sequence[ModelSpec], seeds: Sequence[int], lrs: Sequence[float],
+                 iters: int, device: torch.device):
+        specs = [spec] * len(seeds) if isinstance(spec, ModelSpec) else list(spec)
+        if len(specs) != len(seeds) or len({(len(s.hidden), s.activation) for s in specs}) != 1:
+            raise ValueError("one spec, or one per seed with the same depth and activation")
+        models = [seeded_model(sp, s, "cpu") for sp, s in zip(specs, seeds)]
         linears = [[m for m in model if isinstance(m, torch.nn.Linear)] for model in models]
-        self.act = _ACT[spec.activation] if spec.hidden else None
+        self.act = _ACT[specs[0].activation] if specs[0].hidden else None
+        # seed s's layer l is (out, in) = self.shapes[s][l]; narrower seeds are padded with zeros to the widest,
+        # which stay zero: a padded unit's output is 0 (masked where the activation of 0 is not), so neither
+        # its weights nor those reading it get a gradient, and a seed's own numbers are those it gets alone
+        self.shapes = [[tuple(m.weight.shape) for m in ls] for ls in linears]
+        widest = [tuple(max(sh[i][k] for sh in self.shapes) for k in (0, 1)) for i in range(len(linears[0]))]
+
+        def pad(t: torch.Tensor, out: int, inp: int) -> torch.Tensor:  # (o, i) -> (out, inp), zeros beyond
+            return F.pad(t, (0, inp - t.shape[1], 0, out - t.shape[0]))
+
+        if any(sh != widest for sh in self.shapes) and self.act is not None and self.act(torch.zeros(1)).item():
+            self.masks = [torch.stack([(torch.arange(widest[i][0]) < sh[i][0]).float()[:, None]
+                                       for sh in self.shapes]).to(device) for i in range(len(widest) - 1)]
         # feature-major, as nn.Linear keeps them: layer l computes h_l^T = W_l h_{l-1}^T + b_l for each seed,
         # so that each weight's gradient is one (out, B) x (B, in) product per seed. The batch-major
         # form (h W^T, gradient x^T g) ran the products that end in 10 outputs at a fifth of the speed
         # on the CPU: a step of LR took 2.4x as long, of C and E 1.0-1.1x (`torch.bmm`, one thread).
-        self.weights = [torch.stack([ls[i].weight.detach() for ls in linears]).to(device)
+        self.weights = [torch.stack([pad(ls[i].weight.detach(), *widest[i]) for ls in linears]).to(device)
                         for i in range(len(linears[0]))]  # (S, out, in)
-        self.biases = [torch.stack([ls[i].bias.detach()[:, None] for ls in linears]).to(device)
+        self.biases = [torch.stack([pad(ls[i].bias.detach()[:, None], widest[i][0], 1) for ls in linears]).to(device)
                        for i in range(len(linears[0]))]  # (S, out, 1)
         S = len(seeds)
         self.lr = torch.tensor(list(lrs), dtype=torch.float32, device=device)  # (S,)
@@ -202,8 +225,9 @@ class _Stack(_Layers):
         """Seed ``s``'s weights under ``nn.Sequential``'s keys (Linear layers at 0, 2, 4, ...)."""
         out = {}
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            out[f"{2 * i}.weight"] = w[s].detach().cpu()
-            out[f"{2 * i}.bias"] = b[s, :, 0].detach().cpu()
+            o, n = self.shapes[s][i]
+            out[f"{2 * i}.weight"] = w[s, :o, :n].detach().cpu()
+            out[f"{2 * i}.bias"] = b[s, :o, 0].detach().cpu()
         return out
 
 
@@ -219,6 +243,7 @@ class _Slice(_Layers):
         self.weights = [w[lo:hi] for w in stack.weights]
         self.biases = [b[lo:hi] for b in stack.biases]
         self.act = stack.act
+        self.masks = None if stack.masks is None else [m[lo:hi] for m in stack.masks]
 
 
 def _epoch_orders(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
@@ -255,7 +280,7 @@ class _Graph:
 
 
 def train_stacked(
-    spec: ModelSpec,
+    spec: ModelSpec | Sequence[ModelSpec],  # one for every seed, or one per seed: same depth and activation
     seeds: Sequence[int],
     lrs: Sequence[float],
     batch_size: int,  # examples per optimizer step, per seed
@@ -266,11 +291,14 @@ def train_stacked(
     x_eval: torch.Tensor,  # (M, 784)
     y_eval: torch.Tensor,  # (M,)
     rule: DivergenceRule = DEFAULT_RULE,
-    on_eval: Callable[[StackEval], None] | None = None,
+    on_eval: Callable[[StackEval], Iterable[int] | None] | None = None,
     use_graph: bool | None = None,  # None: on CUDA when the batches are all full
 ) -> StackResult:
     """Train ``spec`` once per seed, all seeds at once; evaluate every ``eval_every`` steps. Each seed that
-    finishes keeps which eval images its final evaluation got right (``SeedResult.eval_correct``)."""
+    finishes keeps which eval images its final evaluation got right (``SeedResult.eval_correct``).
+
+    Seeds of narrower specs are padded to the widest and train exactly as alone (tested). ``on_eval`` may
+    return the indices of seeds to stop: they are frozen from then on, as a diverged seed is."""
     if len(seeds) != len(lrs):
         raise ValueError("one learning rate per seed")
     device = x_train.device
@@ -310,7 +338,7 @@ def train_stacked(
                 losses = stack.losses[read:step].cpu()
                 first, above = rule.first_break(losses, above)
                 for j, r in enumerate(results):
-                    if r.failure is not None:
+                    if r.failure is not None or r.stopped_step is not None:
                         continue
                     f = int(first[j])
                     bad = losses[f, j].item() if f >= 0 else math.nan  # the loss that broke the rule
@@ -322,13 +350,18 @@ def train_stacked(
                     else:
                         r.failed_step = read + f + 1
                         r.failure = f"diverged: {rule.reason(r.failed_step, bad)}"
-                alive = torch.tensor([r.failure is None for r in results])
+                alive = torch.tensor([r.failure is None and r.stopped_step is None for r in results])
+                read = step
+                if on_eval is not None:
+                    stop = on_eval(StackEval(step, [float(a) if alive[j] else math.nan
+                                                    for j, a in enumerate(acc.tolist())]))
+                    for j in stop or ():
+                        if alive[j]:
+                            results[j].stopped_step = step
+                            alive[j] = False
                 if not (stack.all_alive and alive.all()):
                     stack.all_alive = False
                     stack.alive.copy_(alive)  # frozen from the next step on
-                read = step
-                if on_eval is not None:
-                    on_eval(StackEval(step, [float(a) if alive[j] else math.nan for j, a in enumerate(acc.tolist())]))
                 if not alive.any():
                     step = iters  # nothing left to train
             if step >= iters:

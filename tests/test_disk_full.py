@@ -130,3 +130,27 @@ def test_report_on_a_full_disk_says_which_file_and_leaves_the_previous_report(ti
     assert f"while writing {out}/" in err and "is left as it was" in err
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()} == before
     assert [p.name for p in disk.path.iterdir()] == ["report"]  # no temporary folder left behind
+
+
+def test_tune_on_a_disk_that_fills_up_ends_every_trial_and_the_study_run_with_the_cause(tiny, tmp_path, disk):
+    from conftest import tune_toml
+    (tmp_path / "tune.toml").write_text(tune_toml("full-tune", 12).replace("iters = 30", "iters = 300"))
+    store, storage = disk.path / "mlflow.db", f"sqlite:///{disk.path}/optuna.db"
+    argv = ["tune", "--config", str(tmp_path / "tune.toml"), "--data-dir", str(tmp_path / "data"),
+            "--tracking-uri", f"sqlite:///{store}", "--storage", storage, "--workers", "2"]
+    assert run_cli(tiny, *argv[:], "--n-trials", "2").returncode == 0  # both stores made with room to spare
+    disk.leave_free(300 << 10)
+    proc = run_cli(tiny, *argv)
+    assert proc.returncode == 1, proc.stderr
+    err = one_error_line(proc, "tune")
+    assert str(disk.path) in err and "free space and run the same command again" in err
+
+    import optuna
+    client = Tracker.open(f"sqlite:///{store}").client
+    runs = client.search_runs([client.get_experiment_by_name("full-tune").experiment_id], max_results=1000)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    parent = [r for r in runs if r.data.tags.get("ffnn.kind") == "study"]
+    assert [p.info.status for p in parent] == ["FAILED"] and "no space left on" in parent[0].data.tags["ffnn.failure"]
+    trials = optuna.load_study(study_name="tune-C", storage=storage).get_trials(deepcopy=False)
+    assert not [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert not [p for p in disk.path.rglob("*") if p.is_file() and p.stat().st_size == 0 and "artifacts" in p.parts]

@@ -4,6 +4,7 @@ with Optuna's and MLflow's own APIs."""
 import json
 import shutil
 import sqlite3
+import statistics
 import subprocess
 
 import optuna
@@ -12,8 +13,12 @@ import torch
 from conftest import cli_command
 from mlflow import MlflowClient
 
-from ffnn import cli, data, jobs, tune
+from ffnn import cli, data, tune
+from ffnn import trials as trials_mod
+from ffnn.models import ModelSpec
+from ffnn.stacked import train_stacked
 from ffnn.tracking import Tracker
+from ffnn.tune import search
 
 BUDGET = """
 [train]
@@ -100,14 +105,14 @@ def check_consistent(study, uri):
 
 
 def test_tune_logs_trials_to_optuna_and_nested_mlflow_runs(tiny, tmp_path, stores, monkeypatch):
-    seen = []  # what each trial trained and was scored on
+    seen = []  # what each stack of trials trained and was scored on, and how many seeds it had
 
-    def spy(spec, cfg, x_train, y_train, x_eval, y_eval, on_eval=None):
-        seen.append((x_train, x_eval))
-        return train(spec, cfg, x_train, y_train, x_eval, y_eval, on_eval)
+    def spy(spec, seeds, lrs, batch_size, iters, eval_every, x_train, y_train, x_eval, y_eval, *args):
+        seen.append((x_train, x_eval, len(seeds)))
+        return train_stacked(spec, seeds, lrs, batch_size, iters, eval_every, x_train, y_train, x_eval, y_eval, *args)
 
-    train = jobs.train
-    monkeypatch.setattr(jobs, "train", spy)
+    train_stacked = trials_mod.train_stacked
+    monkeypatch.setattr(trials_mod, "train_stacked", spy)
     assert run_tune(tmp_path, stores, "--workers", "1", "--pruner", "none") == 0
     uri, storage = stores
 
@@ -144,8 +149,9 @@ def test_tune_logs_trials_to_optuna_and_nested_mlflow_runs(tiny, tmp_path, store
     ds = data.load(tiny, tmp_path / "data")
     rows = lambda x: {tuple(r.tolist()) for r in x}  # noqa: E731
     train_rows, test_rows = rows(ds.x_train), rows(ds.x_test)
-    assert len(seen) == 6
-    for x_fit, x_val in seen:
+    assert sum(n for *_, n in seen) == 6  # 3 trials of each study, one seed each
+    for x_fit, x_val, _ in seen:
+        x_fit = x_fit.float() / 255 if x_fit.dtype == torch.uint8 else x_fit  # gathered as pixels, as compare does
         assert len(x_val) == 100 and len(x_fit) == 500
         assert rows(x_val) <= train_rows and not rows(x_val) & test_rows and not rows(x_val) & rows(x_fit)
         assert torch.equal(x_val, seen[0][1])  # the same validation images for every trial
@@ -160,15 +166,17 @@ def test_tune_prunes_diverged_and_failed_trials_and_goes_on(tiny, tmp_path, stor
                    {"n_units_l0": 8, "lr": 0.25}):  # raises, below
         study.enqueue_trial(params)
 
-    def flaky(spec, cfg, *args, **kwargs):
-        if cfg.lr == 0.25:
+    def flaky(spec, seeds, lrs, *args, **kwargs):
+        if 0.25 in lrs:
             raise RuntimeError("out of memory, say")
-        return train(spec, cfg, *args, **kwargs)
+        return train_stacked(spec, seeds, lrs, *args, **kwargs)
 
-    train = jobs.train
-    monkeypatch.setattr(jobs, "train", flaky)
+    train_stacked = trials_mod.train_stacked
+    monkeypatch.setattr(trials_mod, "train_stacked", flaky)
     config = write_config(tmp_path, lr="[1e-3, 1e20]")
-    assert run_tune(tmp_path, stores, "--model", "C", "--n-trials", "6", "--workers", "1", config=config) == 0
+    # one trial at a time, so that each sees the ones before it finished
+    assert run_tune(tmp_path, stores, "--model", "C", "--n-trials", "6", "--workers", "1", "--trial-batch", "1",
+                    config=config) == 0
 
     trials = optuna.load_study(study_name="tune-C", storage=storage).get_trials()
     states = [t.state.name for t in trials]
@@ -268,7 +276,49 @@ def test_tune_toml_families_match_the_tutorial_models():
     cfg = build_tune_config(read_toml(Path(__file__).parents[1] / "experiments" / "tune.toml"), {})
     assert cfg.models == ("A", "B", "C", "D", "E") and cfg.n_trials == 30 and cfg.train.iters == 3000
     assert cfg.val_size == 10_000 and cfg.pruner == "median" and cfg.storage == "sqlite:///mlruns/optuna.db"
+    assert cfg.trial_seeds == 1 and cfg.trial_batch == 0 and cfg.sampler_seed == 0
     for name in cfg.models:
         family, spec = cfg.families[name], REGISTRY[name]
         assert (family.activation, family.depth) == (spec.activation, len(spec.hidden))
         assert family.width[0] <= 100 <= family.width[1] and family.lr[0] <= 0.1 <= family.lr[1]
+
+
+def test_a_trial_is_the_stacked_trainer_on_its_seeds_and_stores_each_seed(tiny, tmp_path, stores):
+    """--trial-seeds 2: each trial trains seeds 0 and 1 exactly as the stacked trainer does; the objective and
+    the values the pruner sees are their means; the seeds' values and spread are on the trial and its run."""
+    uri, storage = stores
+    assert run_tune(tmp_path, stores, "--model", "C", "--n-trials", "2", "--workers", "1", "--pruner", "none",
+                    "--trial-seeds", "2") == 0
+    ds = data.load(tiny, tmp_path / "data")
+    x_fit, y_fit, x_val, y_val = data.split_validation(ds.pixels_train, ds.y_train, 100, 0)
+    study = optuna.load_study(study_name="tune-C", storage=storage)
+    _, children = check_consistent(study, uri)
+    for t in study.trials:
+        spec, lr = ModelSpec((t.params["n_units_l0"],), "relu"), t.params["lr"]
+        want = train_stacked(spec, [0, 1], [lr, lr], 20, 30, 10, x_fit, y_fit, x_val.float() / 255, y_val).seeds
+        per_seed = [r.accuracy for r in want]
+        assert t.state.name == "COMPLETE" and t.user_attrs["val_accuracy_per_seed"] == per_seed
+        assert t.value == statistics.fmean(per_seed) and t.user_attrs["val_accuracy_sd"] == statistics.stdev(per_seed)
+        assert t.intermediate_values == {s: statistics.fmean([a, b]) for (s, a), (_, b) in
+                                         zip(want[0].history, want[1].history)}
+        run = children[t.user_attrs["mlflow_run_id"]]
+        assert json.loads(run.data.tags["ffnn.val_accuracy_per_seed"]) == per_seed
+        assert [run.data.metrics[f"final_val_accuracy_seed{s}"] for s in (0, 1)] == per_seed
+        assert run.data.metrics["val_accuracy_sd"] == t.user_attrs["val_accuracy_sd"]
+        assert run.data.params["trial_seeds"] == "2"
+
+
+def test_a_sampler_seed_samples_the_same_configurations_on_a_fresh_study(tiny, tmp_path, stores, monkeypatch):
+    monkeypatch.setattr(search, "TPE_STARTUP", 2)  # so that TPE, not its random start, samples trials 2-5
+    storage = stores[1]
+
+    def sampled(name, seed):
+        assert run_tune(tmp_path, stores, "--model", "C", "--n-trials", "6", "--workers", "1", "--trial-batch", "2",
+                        "--sampler-seed", str(seed), "--study-name", name) == 0
+        return [(t.params, t.state) for t in optuna.load_study(study_name=name, storage=storage).trials]
+
+    first = sampled("first", 3)
+    assert sampled("again", 3) == first
+    assert [p for p, _ in sampled("other", 4)] != [p for p, _ in first]
+    # processes sharing a study draw each trial with the seed of its own number
+    assert len({tune.trial_seed(3, n) for n in range(1000)} | {tune.trial_seed(4, n) for n in range(1000)}) == 2000

@@ -1,0 +1,204 @@
+"""`tune`: one Optuna study per architecture family, trials asked and trained in batches.
+
+Each batch of trials is asked at once (TPE's constant liar spreads them out), cut into stacks
+(``trials.plan_stacks``: trials of one shape together, or on CUDA all of them padded to the widest) and
+trained by the training processes; this process alone writes to the Optuna storage and to MLflow. A
+process sends each evaluation and waits for the prune decisions, so N workers never race on either store.
+The next batch is asked only once this one is told, in trial-number order: the same command on a fresh
+study samples the same configurations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from ..compare import Progress, RunRow, compare
+from ..config import CompareConfig, ConfigError, TuneConfig, validate_train
+from ..context import Context
+from ..engine import Engine, worker_count
+from ..errors import Fault, Interrupted, UserError, fault_line, ignore_interrupts, install_interrupt_handlers
+from ..models import REGISTRY, ModelSpec
+from ..tracking import TAG_FAILURE
+from ..train import TrainConfig
+from ..trials import load_split, plan_stacks, trial_work
+from .outputs import StudySummary, summarize, write_outputs
+from .search import TPE_STARTUP, open_study
+from .storage import StaleTrials, open_storage, reconcile, storage_label
+from .study import StudyRun, parent_run
+
+BATCH_PER_WORKER = 2  # trials asked at once per CPU training process: the longest first, so both keep busy
+BATCH_CUDA = 32  # trials asked at once on a GPU: one padded stack, one pass
+STACK_SEEDS = {"cpu": 10, "cuda": 250}  # the most seeds of one stack (compare's limits)
+
+
+@dataclass
+class TuneResult:
+    studies: list[StudySummary]
+    storage: str  # label, password hidden
+    tracking_uri: str
+    workers: int
+    final: dict[str, list[RunRow]] = field(default_factory=dict)  # model name (C, C*) -> comparison rows
+
+
+def tune(cfg: TuneConfig, ctx: Context, progress: Callable[[str], None] | None = None,
+         compare_progress: Progress | None = None) -> TuneResult:
+    """Run ``cfg.n_trials`` more trials of each family's study; then, with ``cfg.final``, retrain the best."""
+    say = progress or (lambda msg: None)
+    # the dataset's recorded name (an .npz file's carries its hash); a val_share becomes its count of examples
+    cfg = replace(cfg, dataset=ctx.dataset.name, val_size=cfg.val_examples(ctx.n_train), val_share=None)
+    val_size = cfg.val_size
+    if val_size >= ctx.n_train:
+        raise ConfigError(f"val_size ({val_size}) must be smaller than the training set ({ctx.n_train})")
+    validate_train(cfg.train, ctx.n_train - val_size)
+    stale = StaleTrials(cfg)
+    storage = open_storage(cfg.storage, stale)
+    tracker = ctx.tracker
+    exp_id = tracker.experiment_id(cfg.experiment, description=(
+        f"Made by `ffnn tune --experiment {cfg.experiment}`: one parent run per Optuna study (its search space, "
+        f"best_params.json, Optuna's plots), one nested run per trial (validation accuracy per evaluation; "
+        f"pruned trials KILLED). Trials live in the Optuna storage too: `make dashboard`."))
+    stale.tracker, stale.exp_id = tracker, exp_id
+    tracker.fail_orphans(exp_id)
+    workers = worker_count(cfg.workers, ctx.device, cfg.n_trials)
+
+    result = TuneResult([], storage_label(cfg.storage), tracker.uri, workers)
+    engine: Engine | None = None
+    old_handlers = install_interrupt_handlers()
+    graceful = False
+    try:
+        if cfg.n_trials:
+            say(f"{workers} training process{'es' if workers > 1 else ''} on {ctx.device_name}; "
+                f"validation: {val_size} of {ctx.n_train} training examples; storage {result.storage}")
+            engine = ctx.engine(trial_work, workers, partial(load_split, ctx.dataset, ctx.data_dir, str(ctx.device),
+                                                             val_size, cfg.split_seed))
+        for model in cfg.models:
+            result.studies.append(_run_study(cfg, model, storage, stale, ctx, exp_id, engine, workers, say))
+        graceful = True
+    finally:
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
+        if engine is not None:
+            engine.close(graceful)
+    if cfg.final:
+        result.final = final_runs(cfg, result.studies, ctx, say, compare_progress)
+    return result
+
+
+def batch_size(cfg: TuneConfig, study: optuna.Study, started: int, workers: int, device: torch.device) -> int:
+    """How many trials to ask at once next: ``cfg.trial_batch``, or by default ``BATCH_PER_WORKER`` per training
+    process (``BATCH_CUDA`` on a GPU), and at least what is left of TPE's random start (the same random
+    points whether asked at once or one by one), and the rest when less than a batch would be left; never
+    more than the trials left."""
+    left = cfg.n_trials - started
+    size = cfg.trial_batch
+    if not size:
+        size = BATCH_CUDA if device.type == "cuda" else BATCH_PER_WORKER * workers
+        tail = size  # a remainder smaller than a batch joins this one: a batch's last trials leave processes idle
+        if cfg.sampler == "tpe":
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+            size = max(size, TPE_STARTUP - done)
+        if left - size < tail:
+            size = left
+    return max(0, min(size, left))
+
+
+def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage, stale: StaleTrials, ctx: Context,
+               exp_id: str, engine: Engine | None, workers: int, say: Callable[[str], None]) -> StudySummary:
+    tracker = ctx.tracker
+    study = open_study(cfg, model, storage, stale)
+    name = study.study_name
+    parent_id = parent_run(cfg, model, name, ctx, exp_id)
+    tracker.set_tags(parent_id, {"ffnn.sampler": cfg.sampler, "ffnn.pruner": cfg.pruner,
+                                 "ffnn.sampler_seed": str(cfg.sampler_seed), "ffnn.trial_seeds": str(cfg.trial_seeds),
+                                 "ffnn.n_trials_requested": str(cfg.n_trials), "ffnn.device_name": ctx.device_name,
+                                 "ffnn.optuna_version": optuna.__version__})
+    st = StudyRun(cfg, model, study, storage, stale, tracker, exp_id, parent_id, ctx.device, say, sized=ctx.sized)
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    say(f"study {name!r}: {before} trials so far; running {cfg.n_trials} more"
+        + (f" (at most {cfg.timeout:g}s)" if cfg.timeout else "")
+        + (f", {cfg.trial_seeds} seeds each" if cfg.trial_seeds > 1 else ""))
+    start = time.monotonic()
+    pad = ctx.device.type == "cuda"  # on the CPU a padded unit costs as much as a real one
+    max_seeds = max(STACK_SEEDS.get(ctx.device.type, STACK_SEEDS["cpu"]), cfg.trial_seeds)
+    reserve = tracker.reserve_space()
+    try:  # from here on whatever goes wrong ends the trials and the parent with the cause, none left RUNNING
+        while engine is not None and (cfg.timeout is None or time.monotonic() - start < cfg.timeout):
+            size = batch_size(cfg, study, st.started, workers, ctx.device)
+            if not size:
+                break
+            stacks = plan_stacks([st.start_trial() for _ in range(size)], workers, pad, max_seeds)
+            engine.run(partial(next, iter(stacks), None), st.hold, st.failed, lambda stack, ev: st.report(ev))
+            st.finish_held()
+        st.heartbeat.stop()
+        seconds = time.monotonic() - start
+        reconcile(study, tracker, exp_id)
+        summary = summarize(cfg, model, study, st.finished, seconds, parent_id)
+        summary.best_spec = summary.best_spec and ctx.sized(summary.best_spec)  # the dataset's inputs and classes
+        summary.files, notes = write_outputs(study, summary, Path(cfg.reports_dir) / name, cfg)
+        summary.notes.extend(notes)
+        summary.out = Path(cfg.reports_dir) / name
+        tracker.log_paths(parent_id, summary.files)
+        counts = summary.states
+        tracker.log_values(parent_id, {"n_complete": counts.get("COMPLETE", 0), "n_pruned": counts.get("PRUNED", 0),
+                                       "n_fail": counts.get("FAIL", 0),
+                                       "trials_per_minute": summary.trials_per_minute}, step=sum(counts.values()))
+        tracker.end_run(parent_id, "FINISHED")
+        return summary
+    except BaseException as e:
+        interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
+        line = f"interrupted ({e or 'SIGINT'})" if interrupted else str(e) if isinstance(e, Fault) else \
+            fault_line(e, places=[u.removeprefix("sqlite:///") for u in (cfg.storage or "", tracker.uri)
+                                  if u.startswith("sqlite:///")])  # before the clean-up frees space
+        reserve.release()  # room for the writes that end the trials, if the disk is full
+        st.heartbeat.stop()
+        status = "KILLED" if interrupted else "FAILED"
+        with ignore_interrupts():  # a second Ctrl-C must not cut the clean-up short
+            for close in (lambda: st.abort(status, line), lambda: tracker.set_tags(parent_id, {TAG_FAILURE: line}),
+                          lambda: tracker.end_run(parent_id, status)):
+                with contextlib.suppress(Exception):  # the store that broke the study may break this too
+                    close()
+        if interrupted or isinstance(e, (UserError, Fault)):
+            raise
+        advice = "free space and run the same command again" if "no space left" in line else \
+            "run the same command again"
+        raise Fault(f"{line}; the study's finished trials are kept; {advice}") from e
+    finally:
+        reserve.release()
+
+
+def final_runs(cfg: TuneConfig, studies: list[StudySummary], ctx: Context, say: Callable[[str], None],
+               compare_progress: Progress | None) -> dict[str, list[RunRow]]:
+    """Each best configuration (as ``C*``) and its tutorial model (``C``) over ``cfg.seeds`` seeds, on the full
+    training set and the test set, as ordinary comparison runs; finished ones are skipped."""
+    tuned = [s for s in studies if s.best_spec is not None]
+    for s in studies:
+        if s.best_spec is None:
+            say(f"study {s.name!r} has no finished trial: nothing to retrain")
+    # the untuned baselines with the tutorial's lr, unless `compare` has them already; then one
+    # comparison per tuned model, since each has its own lr
+    baselines = tuple(s.model for s in tuned if s.model in REGISTRY)
+    calls: list[tuple[tuple[str, ...], TrainConfig, dict[str, ModelSpec]]] = (
+        [(baselines, replace(cfg.train, lr=TrainConfig.lr, seed=0), {})] if baselines else [])
+    calls += [((f"{s.model}*",), replace(cfg.train, lr=float(s.best_params["lr"]), seed=0),
+               {f"{s.model}*": spec}) for s in tuned if (spec := s.best_spec) is not None]
+    rows: dict[str, list[RunRow]] = {}
+    for models, train_cfg, extra in calls:
+        ccfg = CompareConfig(experiment=cfg.final_experiment, dataset=cfg.dataset, models=models,
+                             seeds=cfg.seeds, train=train_cfg, specs={**REGISTRY, **extra}, device=cfg.device,
+                             workers=cfg.workers)
+        say(f"final: {', '.join(f'{m} ({ccfg.spec(m).describe()})' for m in models)}, lr {train_cfg.lr:g}, "
+            f"x{cfg.seeds} seeds -> experiment {cfg.final_experiment!r}")
+        found, _ = compare(ccfg, ctx, compare_progress)
+        for m in models:
+            rows[m] = [r for r in found if r.model == m]
+    return dict(sorted(rows.items(), key=lambda kv: (kv[0].rstrip("*"), kv[0])))

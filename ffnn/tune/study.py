@@ -1,0 +1,231 @@
+"""One study driven from this process: ask trials, hear their evaluations, tell their outcomes, log each as
+a nested MLflow run of the study's parent run.
+
+Outcomes are held until the whole batch has trained and then told in trial-number order, so that what
+the sampler and the pruner see when the next batch is asked does not depend on which training process
+finished first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import statistics
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from ..config import TuneConfig
+from ..context import Context
+from ..errors import deferring
+from ..models import ModelSpec, count_params
+from ..tracking import TAG_FAILURE, TAG_KIND, Tracker, owner
+from ..trials import Outcome, TrialEval, TrialJob, TrialStack
+from .search import suggest
+from .storage import (
+    MLFLOW_STATUS,
+    TAG_STATE,
+    TAG_STUDY,
+    OnStale,
+    TrialHeartbeat,
+    fail_unowned,
+    run_label,
+    storage_label,
+)
+
+
+@dataclass
+class _Running:
+    trial: optuna.Trial
+    run_id: str
+    job: TrialJob
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean validation accuracy) reported
+
+    @property
+    def accuracy(self) -> float:
+        return self.history[-1][1] if self.history else math.nan
+
+
+class StudyRun:
+    """One Optuna study and its MLflow parent run: asks, reports, tells, and logs every trial."""
+
+    def __init__(self, cfg: TuneConfig, model: str, study: optuna.Study, storage: optuna.storages.BaseStorage,
+                 on_stale: OnStale | None, tracker: Tracker, exp_id: str, parent_id: str, device: torch.device,
+                 say: Callable[[str], None], *, sized: Callable[[ModelSpec], ModelSpec]):
+        self.cfg, self.model, self.study, self.tracker = cfg, model, study, tracker
+        self.sized = sized  # a spec with the dataset's inputs and classes (Context.sized)
+        self.on_stale = on_stale
+        self.exp_id, self.parent_id, self.device, self.say = exp_id, parent_id, device, say
+        self.family = cfg.families[model]
+        self.label = run_label(cfg, model)
+        self.running: dict[int, _Running] = {}
+        self.held: dict[int, Outcome] = {}  # trained, not yet told
+        self.started = 0
+        self.finished = 0
+        self.heartbeat = TrialHeartbeat(storage, study.study_name)
+
+    @deferring  # ask, run and registration in one step that an interrupt cannot split
+    def start_trial(self) -> TrialJob:
+        with warnings.catch_warnings():  # Optuna warns that its heartbeat is meant for study.optimize
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(self.study)  # dead processes' trials: FAILED and queued again
+            fail_unowned(self.study, self.on_stale)
+            trial = self.study.ask()
+        self.heartbeat.add(trial)
+        trial.set_user_attr("owner", owner())
+        trial.set_user_attr("owner_trial", trial.number)  # a retried trial inherits its failed twin's attrs
+        spec, lr = suggest(trial, self.family)
+        spec = self.sized(spec)
+        job = TrialJob(trial.number, spec, replace(self.cfg.train, lr=lr), self.cfg.trial_seeds)
+        c = job.cfg
+        params = {"model": self.model, "activation": spec.activation_name, "hidden_sizes": spec.hidden_str,
+                  "lr": lr, "batch_size": c.batch_size, "iters": c.iters, "eval_every": c.eval_every,
+                  "seed": c.seed, "trial_seeds": job.n_seeds, "dataset": self.cfg.dataset,
+                  "device": self.device.type, "n_params": count_params(spec), "trial_number": trial.number,
+                  **{k: v for k, v in trial.params.items() if k != "lr"}}
+        run_id = self.tracker.start_run(
+            self.exp_id, f"study {self.label} trial {trial.number}", params,
+            tags={TAG_KIND: "trial", TAG_STUDY: self.study.study_name, TAG_STATE: "RUNNING",
+                  "ffnn.model": self.model, "ffnn.spec": spec.describe()},
+            parent_id=self.parent_id)
+        for k, v in {"mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str, "seeds": list(job.seeds)}.items():
+            trial.set_user_attr(k, v)
+        self.running[trial.number] = _Running(trial, run_id, job)
+        self.started += 1
+        return job
+
+    @deferring
+    def report(self, ev: TrialEval) -> list[int]:
+        """Record one evaluation of each trial still training (the mean over its seeds is what the pruner
+        sees); return the trials to stop."""
+        stop = []
+        for number, accuracy in ev.accuracy.items():
+            r = self.running[number]
+            mean = statistics.fmean(accuracy)
+            r.history.append((ev.step, mean))
+            r.trial.report(mean, ev.step)
+            # at the last step it is done anyway: a finished trial tells the sampler more than a pruned one
+            if ev.step < r.job.cfg.iters and r.trial.should_prune():
+                stop.append(number)
+        return stop
+
+    def hold(self, stack: TrialStack, outcomes: list[Outcome]) -> None:
+        """Keep a stack's outcomes until the batch is over (``finish_held``)."""
+        for t, o in zip(stack.trials, outcomes):
+            self.held[t.number] = o
+
+    def failed(self, stack: TrialStack, error: str) -> None:
+        """A stack whose process crashed or died: each of its trials FAILED with the first line."""
+        self.hold(stack, [Outcome("FAIL", reason=error.splitlines()[0][:500], stack_trials=len(stack.trials))
+                          for _ in stack.trials])
+
+    def finish_held(self) -> None:
+        """Tell and log the held outcomes, in trial-number order."""
+        for number in sorted(self.held):
+            self.finish(number, self.held.pop(number))
+
+    @deferring
+    def finish(self, number: int, outcome: Outcome) -> None:
+        r = self.running.pop(number)
+        self.heartbeat.discard(r.trial)
+        self.finished += 1
+        if r.history:
+            self.tracker.log_metrics(r.run_id, "val_accuracy", r.history)
+        if outcome.losses:
+            self.tracker.log_metrics(r.run_id, "train_loss", outcome.losses)  # windowed where it trained
+        tags = {TAG_STATE: outcome.state, "ffnn.stopped_step": str(outcome.step),
+                "ffnn.stack_trials": str(outcome.stack_trials)}
+        if outcome.state == "PRUNED" and not outcome.reason:
+            outcome.reason = (f"pruned by {type(self.study.pruner).__name__} at iteration {outcome.step} "
+                              f"(validation accuracy {r.accuracy:.2f}%)")
+            tags["ffnn.pruned"] = outcome.reason
+            r.trial.set_user_attr("pruned", outcome.reason)
+        elif outcome.reason:
+            tags[TAG_FAILURE] = outcome.reason
+            r.trial.set_user_attr("failure", outcome.reason)
+        values = {"train_seconds": outcome.seconds}
+        if outcome.state == "COMPLETE":
+            sd = outcome.sd
+            r.trial.set_user_attr("val_accuracy_per_seed", outcome.per_seed)
+            r.trial.set_user_attr("val_accuracy_sd", sd)
+            tags["ffnn.val_accuracy_per_seed"] = json.dumps(outcome.per_seed)
+            values["final_val_accuracy"] = outcome.value
+            values.update({f"final_val_accuracy_seed{s}": v for s, v in zip(r.job.seeds, outcome.per_seed)})
+            if sd is not None:
+                values["val_accuracy_sd"] = sd
+        self.tracker.log_values(r.run_id, values, step=outcome.step)
+        if outcome.state == "COMPLETE":
+            self.study.tell(r.trial, outcome.value)
+        else:
+            self.study.tell(r.trial, state=TrialState[outcome.state])
+        self.tracker.end_run(r.run_id, MLFLOW_STATUS[outcome.state], tags)
+        best = self._best()
+        if outcome.state == "COMPLETE":
+            self.tracker.log_values(self.parent_id, {"trial_val_accuracy": outcome.value}, step=number)
+            if best is not None and best.value is not None:
+                self.tracker.log_values(self.parent_id, {"best_val_accuracy": best.value}, step=number)
+        what = outcome.reason
+        if outcome.state == "COMPLETE":
+            what = f"{outcome.value:.2f}% val" + (f" (sd {outcome.sd:.2f}, {len(outcome.per_seed)} seeds)"
+                                                   if outcome.sd is not None else "")
+        self.say(f"{self.label} trial {number}: {outcome.state} {what} | {r.job.spec.describe()}, "
+                 f"lr {r.job.cfg.lr:.3g}, {outcome.seconds:.1f}s"
+                 + (f" | best {best.value:.2f}% (trial {best.number})" if best is not None else ""))
+
+    def abort(self, status: str, reason: str) -> None:
+        """Tell what has trained; end the other running trials: FAIL in Optuna, ``status`` in MLflow."""
+        for number in sorted(self.held):
+            with contextlib.suppress(Exception):  # the store that broke the run may break this too
+                self.finish(number, self.held.pop(number))
+        for number, r in list(self.running.items()):
+            r.trial.set_user_attr("failure", reason)
+            self.study.tell(r.trial, state=TrialState.FAIL, skip_if_finished=True)
+            self.tracker.end_run(r.run_id, status, {TAG_STATE: "FAIL", TAG_FAILURE: reason})
+            self.heartbeat.discard(r.trial)
+            del self.running[number]
+
+    def _best(self) -> optuna.trial.FrozenTrial | None:
+        try:
+            return self.study.best_trial
+        except ValueError:  # no finished trial yet
+            return None
+
+
+def parent_run(cfg: TuneConfig, model: str, name: str, ctx: Context, exp_id: str) -> str:
+    """The study's one MLflow parent run: created on the first invocation, reopened by later ones."""
+    tracker = ctx.tracker
+    keys = {TAG_KIND: "study", TAG_STUDY: name, "ffnn.storage": storage_label(cfg.storage)}
+    found = tracker.find_runs(exp_id, keys)
+    if found:
+        tracker.reopen_run(found[0])
+        return found[0]
+    fam, t = cfg.families[model], cfg.train
+    spec = ctx.dataset
+    params = {"model": model, "activation": fam.activation if fam.depth else "none", "depth": fam.depth,
+              "width_min": fam.width[0], "width_max": fam.width[1], "shared_width": fam.shared_width,
+              "lr_min": fam.lr[0], "lr_max": fam.lr[1], "batch_size": t.batch_size, "iters": t.iters,
+              "eval_every": t.eval_every, "seed": t.seed, "trial_seeds": cfg.trial_seeds, "dataset": cfg.dataset,
+              "val_size": cfg.val_size, "split_seed": cfg.split_seed, "study_name": name,
+              "storage": storage_label(cfg.storage)}
+    seeds = f"seed {t.seed}" if cfg.trial_seeds == 1 else f"the mean over seeds {t.seed}-{t.seed + cfg.trial_seeds - 1}"
+    run_id = tracker.start_run(
+        exp_id, f"study {run_label(cfg, model)}", params,
+        tags={**keys, "ffnn.model": model, "ffnn.torch_version": torch.__version__,
+              "ffnn.dataset_sha256": spec.digest},
+        description=(f"Optuna study {name!r} ({storage_label(cfg.storage)}): {fam.depth} hidden "
+                     f"{fam.activation} layer(s) of {fam.width[0]}-{fam.width[1]} units, lr {fam.lr[0]:g}-"
+                     f"{fam.lr[1]:g}, {t.iters} steps of {t.batch_size}; objective: accuracy on {cfg.val_size} "
+                     f"training images held out (never the test set), {seeds}. Each child run is one trial."))
+    oldest = tracker.find_runs(exp_id, keys)[0]
+    if oldest != run_id:  # another invocation created one at the same moment: both keep the older
+        tracker.delete_run(run_id)
+        tracker.reopen_run(oldest)
+        return oldest
+    tracker.log_dataset(run_id, cfg.dataset, spec.digest, str(ctx.folder.resolve()), ctx.n_train, ctx.n_test,
+                        context="tuning")
+    return run_id
