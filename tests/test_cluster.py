@@ -219,7 +219,9 @@ def test_four_tuning_machines_share_a_postgresql_study(cluster, client, tiny, tm
         retried = [t for t in trials if t.system_attrs.get("failed_trial") == number]
         assert len(retried) == 1 and retried[0].state.name in ("COMPLETE", "PRUNED")
     survivors = [t for t in trials if t.user_attrs.get("owner", "machine-0:").split(":")[0] != "machine-0"]
-    assert len(survivors) == 3 * n_trials  # each survivor ran its n_trials, retries included
+    # each survivor ran its n_trials, and the retries (within them, or after them: a survivor whose own
+    # trials are done waits for the others' RUNNING trials and trains the retries of those that went stale)
+    assert len(survivors) >= 3 * n_trials
     params_seen = [(t.params.get("n_units_l0"), t.params.get("lr")) for t in trials
                    if t.system_attrs.get("failed_trial") is None]
     assert len(params_seen) == len(set(params_seen))  # no trial sampled twice

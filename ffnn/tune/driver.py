@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -28,12 +29,12 @@ from ..context import Context
 from ..engine import Engine, worker_count
 from ..errors import Fault, Interrupted, UserError, fault_line, ignore_interrupts, install_interrupt_handlers
 from ..models import REGISTRY, ModelSpec
-from ..tracking import TAG_FAILURE
+from ..tracking import TAG_FAILURE, heartbeat_interval, pid_alive
 from ..train import TrainConfig
 from ..trials import load_split, plan_stacks, trial_work
 from .outputs import StudySummary, summarize, write_outputs
 from .search import TPE_STARTUP, open_study
-from .storage import StaleTrials, open_storage, reconcile, storage_label
+from .storage import StaleTrials, fail_running, fail_unowned, open_storage, reconcile, storage_label
 from .study import StudyRun, parent_run
 
 BATCH_PER_WORKER = 2  # trials asked at once per CPU training process: the longest first, so both keep busy
@@ -112,6 +113,28 @@ def batch_size(cfg: TuneConfig, study: optuna.Study, started: int, workers: int,
     return max(0, min(size, left))
 
 
+def left_by_others(study: optuna.Study, heartbeat: bool, deadline: float | None, on_stale: StaleTrials) -> int:
+    """How many trials that other processes left wait to be trained: while another process's trial is
+    RUNNING, wait a heartbeat and look again; a trial whose heartbeat went stale is FAILED and queued again
+    (Optuna's ``fail_stale_trials``, ``RetryHeartbeatStaleTrialCallback``), and this process trains it, as
+    compare takes over a dead machine's runs. 0 when none is left, or without a heartbeat to judge by."""
+    if not heartbeat:
+        return 0
+    while deadline is None or time.monotonic() < deadline:
+        with warnings.catch_warnings():  # Optuna warns that its heartbeat is meant for study.optimize
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        fail_unowned(study, on_stale)  # died before its first heartbeat
+        fail_running(study, lambda t: bool(t.user_attrs.get("owner")) and not pid_alive(t.user_attrs["owner"]),
+                     on_stale)  # gone from this host: no need to wait for the grace
+        if waiting := study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return len(waiting)
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return 0
+        time.sleep(heartbeat_interval())
+    return 0
+
+
 def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage, stale: StaleTrials, ctx: Context,
                exp_id: str, engine: Engine | None, workers: int, say: Callable[[str], None]) -> StudySummary:
     tracker = ctx.tracker
@@ -134,6 +157,9 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
     try:  # from here on whatever goes wrong ends the trials and the parent with the cause, none left RUNNING
         while engine is not None and (cfg.timeout is None or time.monotonic() - start < cfg.timeout):
             size = batch_size(cfg, study, st.started, workers, ctx.device)
+            if not size:  # this process's trials are done: what others left behind is trained here
+                size = left_by_others(study, st.heartbeat.enabled, start + cfg.timeout if cfg.timeout else None,
+                                      stale)
             if not size:
                 break
             stacks = plan_stacks([st.start_trial() for _ in range(size)], workers, pad, max_seeds)
