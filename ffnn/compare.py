@@ -27,7 +27,7 @@ from .bits import MAX_TAG_CHARS
 from .config import CompareConfig, validate_train
 from .context import Context
 from .engine import worker_count
-from .errors import Fault, Interrupted, UserError, deferred_interrupts, fault_line, ignore_interrupts
+from .errors import Fault, Interrupted, UserError, deferred_interrupts, ignore_interrupts, stop_line
 from .jobs import Job, JobResult, StackJob, run_stack
 from .memory import fit, human
 from .models import build_model, count_params
@@ -217,19 +217,17 @@ class _Comparison:
                 sorted(self.device_names))} if self.device_names else None)
         except BaseException as e:
             interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
-            line = f"interrupted ({e or 'SIGINT'})" if interrupted else \
-                fault_line(e, self.writing and f"run {self.writing[0]}")
-            # a second Ctrl-C must not cut the clean-up short; with the server lost there is nothing to close
+            line = stop_line(e, self.writing and f"run {self.writing[0]}")
             reserve.release()  # room for the writes that close the runs, if the disk is full
+            # a second Ctrl-C must not cut the clean-up short; with the server lost there is nothing to close
             with ignore_interrupts(), contextlib.suppress(TrackingError):
                 if engine is not None:
                     engine.close(graceful=False)
                 self._close_all("KILLED" if interrupted else "FAILED", line)
             if interrupted or isinstance(e, UserError):
                 raise
-            advice = "free space and run the same command again" if "no space left" in line else \
-                "run the same command again to train what is missing"
-            raise Fault(f"{line}; {self.finished} run(s) of this comparison are finished and kept; {advice}") from e
+            raise Fault.after(line, f"{self.finished} run(s) of this comparison are finished and kept",
+                              "run the same command again to train what is missing") from e
         finally:
             reserve.release()
 

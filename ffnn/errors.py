@@ -20,13 +20,26 @@ class TrackingError(UserError):
 
 
 class Fault(Exception):
-    """A command that failed part-way, already cleaned up: ``line`` says what happened and what is kept,
-    ``code`` is 1 when runs had started (and failed) and 2 when nothing could start. The original error
-    is its ``__cause__`` (``FFNN_DEBUG=1`` prints it)."""
+    """A command that failed part-way, already cleaned up (its runs ended FAILED with the cause): one line
+    saying what happened and what is kept, exit status 1. The original error is its ``__cause__``
+    (``FFNN_DEBUG=1`` prints it)."""
 
-    def __init__(self, line: str, code: int = 1):
-        super().__init__(line)
-        self.code = code
+    code = 1
+
+    @classmethod
+    def after(cls, line: str, kept: str, again: str) -> Fault:
+        """The fault for ``line`` (``stop_line``): what is ``kept``, and to run ``again`` (to free space first
+        when the disk is full)."""
+        advice = "free space and run the same command again" if "no space left" in line else again
+        return cls(f"{line}; {kept}; {advice}")
+
+
+def stop_line(e: BaseException, writing: str | None = None, places: Sequence[str | Path] = ()) -> str:
+    """What stopped a command, as its runs' failure reason: an interrupt, a ``Fault``'s own line, or
+    ``fault_line``. Called before the clean-up frees space, so a full disk's free space is as it was."""
+    if isinstance(e, (KeyboardInterrupt, Interrupted)):
+        return f"interrupted ({e or 'SIGINT'})"
+    return str(e) if isinstance(e, Fault) else fault_line(e, writing, places)
 
 
 def no_space(path: str | Path) -> OSError:
@@ -46,7 +59,7 @@ def fault_line(e: BaseException, writing: str | None = None, places: Sequence[st
     if (full := _disk_full(e)) is not None:
         where = str(full.filename) if isinstance(full, OSError) and full.filename else ""
         if not where and places:  # the place on the fullest file system
-            where = str(min(places, key=lambda p: _free_bytes(str(p))))
+            where = str(min(places, key=lambda p: _free_bytes(str(p)) or 0))
         if not where:
             return f"no space left on the device ({_free('.')} free where ffnn runs){doing}"
         mount = mount_point(where)
@@ -77,11 +90,12 @@ def _disk_full(e: BaseException) -> BaseException | None:
     return None
 
 
-def _free_bytes(path: str) -> int:
+def _free_bytes(path: str) -> int | None:
+    """Free bytes of the file system holding ``path`` (its nearest existing folder); None if unknown."""
     try:
-        return shutil.disk_usage(_existing(Path(path))).free
+        return shutil.disk_usage(_existing(Path(path or "."))).free
     except OSError:
-        return 1 << 62
+        return None
 
 
 def mount_point(path: str | Path) -> Path:
@@ -100,12 +114,10 @@ def _existing(p: Path) -> Path:
 
 
 def _free(path: str) -> str:
-    """Free bytes of the file system holding ``path`` (its nearest existing folder), e.g. ``"0 B"``."""
+    """``_free_bytes`` for the user, e.g. ``"0 B"``."""
     from .memory import human
-    try:
-        return human(shutil.disk_usage(_existing(Path(path or "."))).free)
-    except OSError:
-        return "unknown"
+    free = _free_bytes(path)
+    return "unknown" if free is None else human(free)
 
 
 class Interrupted(BaseException):

@@ -20,6 +20,7 @@ import pytest
 from conftest import cli_command, tune_toml
 
 from ffnn.cluster import Cluster, _kill_group, request
+from ffnn.tune.storage import trial_number
 
 pytestmark = pytest.mark.cluster
 
@@ -229,7 +230,7 @@ def test_four_tuning_machines_share_a_postgresql_study(cluster, client, tiny, tm
     parents = runs_of(client, "tune-cluster" + SUFFIX, "study")
     assert [p.info.status for p in parents] == ["FINISHED"]
     runs = runs_of(client, "tune-cluster" + SUFFIX, "trial")
-    mlflow_states = {int(r.data.params["trial_number"]): r.info.status for r in runs}
+    mlflow_states = {trial_number(r): r.info.status for r in runs}  # the tag set when the run was made
     assert len(runs) == len(trials) == len(mlflow_states)  # one run per trial
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs)
     expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

@@ -138,7 +138,7 @@ def test_tune_on_a_disk_that_fills_up_ends_every_trial_and_the_study_run_with_th
     store, storage = disk.path / "mlflow.db", f"sqlite:///{disk.path}/optuna.db"
     argv = ["tune", "--config", str(tmp_path / "tune.toml"), "--data-dir", str(tmp_path / "data"),
             "--tracking-uri", f"sqlite:///{store}", "--storage", storage, "--workers", "2"]
-    assert run_cli(tiny, *argv[:], "--n-trials", "2").returncode == 0  # both stores made with room to spare
+    assert run_cli(tiny, *argv, "--n-trials", "2").returncode == 0  # both stores made with room to spare
     disk.leave_free(300 << 10)
     proc = run_cli(tiny, *argv)
     assert proc.returncode == 1, proc.stderr

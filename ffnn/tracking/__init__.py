@@ -9,6 +9,8 @@ per invocation, one child run per (model, seed). All writes go through one ``Mlf
 """
 
 from . import env  # noqa: I001  (first: before any module that imports mlflow)
+from mlflow.entities import Run  # the type of what a search returns
+
 from ..errors import TrackingError
 from .schema import (
     BATCH,
@@ -40,6 +42,7 @@ from .sqlite import (
     artifact_root,
     check_sqlite_file,
     resolve_uri,
+    sqlite_path,
 )
 from .owners import (
     DEFAULT_GRACE,
@@ -74,6 +77,7 @@ from .env import NO_TELEMETRY, TELEMETRY_OPT_IN, telemetry_env
 __all__ = [
     "env",
     "TrackingError",
+    "Run",
     "BATCH",
     "BEST_ALIAS",
     "DEFAULT_TRACKING_URI",
@@ -100,6 +104,7 @@ __all__ = [
     "SpaceReserve",
     "artifact_root",
     "check_sqlite_file",
+    "sqlite_path",
     "resolve_uri",
     "DEFAULT_GRACE",
     "git_commit",

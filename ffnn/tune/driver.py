@@ -27,14 +27,14 @@ from ..compare import Progress, RunRow, compare
 from ..config import CompareConfig, ConfigError, TuneConfig, validate_train
 from ..context import Context
 from ..engine import Engine, worker_count
-from ..errors import Fault, Interrupted, UserError, fault_line, ignore_interrupts, install_interrupt_handlers
+from ..errors import Fault, Interrupted, UserError, ignore_interrupts, install_interrupt_handlers, stop_line
 from ..models import REGISTRY, ModelSpec
-from ..tracking import TAG_FAILURE, heartbeat_interval, pid_alive
+from ..tracking import TAG_FAILURE, heartbeat_interval, sqlite_path
 from ..train import TrainConfig
 from ..trials import load_split, plan_stacks, trial_work
 from .outputs import StudySummary, summarize, write_outputs
 from .search import TPE_STARTUP, open_study
-from .storage import StaleTrials, fail_running, fail_unowned, open_storage, reconcile, storage_label
+from .storage import StaleTrials, fail_dead_owners, fail_unowned, open_storage, reconcile, storage_label
 from .study import StudyRun, parent_run
 
 BATCH_PER_WORKER = 2  # trials asked at once per CPU training process: the longest first, so both keep busy
@@ -125,8 +125,7 @@ def left_by_others(study: optuna.Study, heartbeat: bool, deadline: float | None,
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
         fail_unowned(study, on_stale)  # died before its first heartbeat
-        fail_running(study, lambda t: bool(t.user_attrs.get("owner")) and not pid_alive(t.user_attrs["owner"]),
-                     on_stale)  # gone from this host: no need to wait for the grace
+        fail_dead_owners(study, on_stale)
         if waiting := study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return len(waiting)
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -182,9 +181,7 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
         return summary
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
-        line = f"interrupted ({e or 'SIGINT'})" if interrupted else str(e) if isinstance(e, Fault) else \
-            fault_line(e, places=[u.removeprefix("sqlite:///") for u in (cfg.storage or "", tracker.uri)
-                                  if u.startswith("sqlite:///")])  # before the clean-up frees space
+        line = stop_line(e, places=[p for u in (cfg.storage or "", tracker.uri) if (p := sqlite_path(u))])
         reserve.release()  # room for the writes that end the trials, if the disk is full
         st.heartbeat.stop()
         status = "KILLED" if interrupted else "FAILED"
@@ -195,9 +192,7 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
                     close()
         if interrupted or isinstance(e, (UserError, Fault)):
             raise
-        advice = "free space and run the same command again" if "no space left" in line else \
-            "run the same command again"
-        raise Fault(f"{line}; the study's finished trials are kept; {advice}") from e
+        raise Fault.after(line, "the study's finished trials are kept", "run the same command again") from e
     finally:
         reserve.release()
 

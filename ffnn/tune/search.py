@@ -22,8 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ConfigError, Family, TuneConfig
 from ..models import ModelSpec
-from ..tracking import pid_alive
-from .storage import OnStale, fail_running, storage_label
+from .storage import OnStale, fail_dead_owners, storage_label
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -146,7 +145,5 @@ def open_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
             raise ConfigError(f"study {name!r} in {storage_label(cfg.storage)} was created with {k}="
                               f"{have.get(k)!r}, not {wanted.get(k)!r}; use another --study-name, or the same "
                               f"settings to resume")
-    # a trial whose process is gone from this host: no need to wait for the grace
-    fail_running(study, lambda t: bool(t.user_attrs.get("owner")) and not pid_alive(t.user_attrs["owner"]),
-                 on_stale)
+    fail_dead_owners(study, on_stale)
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg), pruner=make_pruner(cfg))

@@ -23,9 +23,12 @@ from optuna.trial import TrialState
 
 from ..config import TuneConfig
 from ..errors import UserError
-from ..tracking import TAG_FAILURE, TAG_KIND, Tracker, heartbeat_grace, heartbeat_interval
+from ..tracking import TAG_FAILURE, TAG_KIND, Run, Tracker, heartbeat_grace, heartbeat_interval, pid_alive
 
 TAG_STUDY = "ffnn.study"  # the Optuna study name, on the study's parent run and on every trial run
+# the trial's number, set when its run is created (in the same write): a process killed before the run's
+# params were logged leaves a run that is still found as its trial's, and never a second run for it
+TAG_TRIAL = "ffnn.trial_number"
 TAG_STATE = "ffnn.trial_state"  # COMPLETE, PRUNED or FAIL (Optuna's names); RUNNING meanwhile
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
@@ -103,23 +106,34 @@ class StaleTrials:
         reason = (f"owner {trial.user_attrs.get('owner', '?')} stopped: no heartbeat within "
                   f"{heartbeat_grace():g} s; retried as a new trial")
         tags = {TAG_STATE: "FAIL", TAG_FAILURE: reason}
-        run_id = trial_run(self.tracker, self.exp_id, study, trial.number)
-        if run_id is None:
+        params = {"trial_number": trial.number, **trial.params}
+        run = trial_run(self.tracker, self.exp_id, study, trial.number)
+        if run is None:
             model = next((m for m in self.cfg.families if self.cfg.name_of(m) == study.study_name), "")
             parents = self.tracker.find_runs(self.exp_id, {TAG_KIND: "study", TAG_STUDY: study.study_name})
             run_id = self.tracker.start_run(
                 self.exp_id, f"study {run_label(self.cfg, model) if model else study.study_name} trial {trial.number}",
-                {"trial_number": trial.number, **trial.params},
-                tags={TAG_KIND: "trial", TAG_STUDY: study.study_name, "ffnn.model": model},
+                params, tags={TAG_KIND: "trial", TAG_STUDY: study.study_name, TAG_TRIAL: str(trial.number),
+                              "ffnn.model": model},
                 parent_id=parents[0] if parents else None)
+        else:
+            run_id = run.info.run_id
+            if not run.data.params:  # its process died between creating the run and logging its params
+                self.tracker.log_run(run_id, {}, {}, 0, {}, params)
         self.tracker.end_run(run_id, "FAILED", tags)
 
 
-def trial_run(tracker: Tracker, exp_id: str, study: optuna.Study, number: int) -> str | None:
-    """The MLflow run of trial ``number``, found by its tags, if it has one."""
-    runs = tracker.search(exp_id, f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_STUDY}` = '{study.study_name}' "
-                                  f"and params.trial_number = '{number}'")
-    return runs[0].info.run_id if runs else None
+def trial_run(tracker: Tracker, exp_id: str, study: optuna.Study, number: int) -> Run | None:
+    """The MLflow run of trial ``number``, found by its tags (by its params for runs from before the tag)."""
+    base = f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_STUDY}` = '{study.study_name}'"
+    runs = tracker.search(exp_id, f"{base} and tags.`{TAG_TRIAL}` = '{number}'") or \
+        tracker.search(exp_id, f"{base} and params.trial_number = '{number}'")
+    return runs[0] if runs else None
+
+
+def trial_number(run: Run) -> int:
+    """The trial a trial run belongs to (-1 for none)."""
+    return int(run.data.tags.get(TAG_TRIAL, run.data.params.get("trial_number", -1)))
 
 
 def fail_unowned(study: optuna.Study, on_stale: OnStale | None) -> None:
@@ -132,6 +146,12 @@ def fail_unowned(study: optuna.Study, on_stale: OnStale | None) -> None:
         return t.user_attrs.get("owner_trial") != t.number and age > grace
 
     fail_running(study, unowned, on_stale)
+
+
+def fail_dead_owners(study: optuna.Study, on_stale: OnStale | None) -> None:
+    """FAIL (and retry) RUNNING trials whose process is gone from this host: no need to wait for the grace."""
+    fail_running(study, lambda t: bool(t.user_attrs.get("owner")) and not pid_alive(t.user_attrs["owner"]),
+                 on_stale)
 
 
 def fail_running(study: optuna.Study, dead: Callable[[optuna.trial.FrozenTrial], bool],
@@ -199,7 +219,7 @@ def reconcile(study: optuna.Study, tracker: Tracker, exp_id: str) -> int:
     n = 0
     for r in tracker.search(exp_id, f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_STUDY}` = '{study.study_name}' "
                                     f"and attributes.status = 'RUNNING'"):
-        state = states.get(int(r.data.params.get("trial_number", -1)))
+        state = states.get(trial_number(r))
         if state in MLFLOW_STATUS:
             tracker.end_run(r.info.run_id, MLFLOW_STATUS[state], {TAG_STATE: state})
             n += 1

@@ -31,6 +31,7 @@ from .storage import (
     MLFLOW_STATUS,
     TAG_STATE,
     TAG_STUDY,
+    TAG_TRIAL,
     OnStale,
     TrialHeartbeat,
     fail_unowned,
@@ -90,7 +91,8 @@ class StudyRun:
                   **{k: v for k, v in trial.params.items() if k != "lr"}}
         run_id = self.tracker.start_run(
             self.exp_id, f"study {self.label} trial {trial.number}", params,
-            tags={TAG_KIND: "trial", TAG_STUDY: self.study.study_name, TAG_STATE: "RUNNING",
+            tags={TAG_KIND: "trial", TAG_STUDY: self.study.study_name, TAG_TRIAL: str(trial.number),
+                  TAG_STATE: "RUNNING",
                   "ffnn.model": self.model, "ffnn.spec": spec.describe()},
             parent_id=self.parent_id)
         for k, v in {"mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str, "seeds": list(job.seeds)}.items():
