@@ -13,7 +13,7 @@ import torch
 
 from ffnn import data
 from ffnn.models import REGISTRY
-from ffnn.stacked import train_stacked
+from ffnn.train.stacked import train_stacked
 
 
 def run(ds, model, seeds, iters, every, use_graph=None):

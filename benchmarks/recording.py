@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from ffnn.jobs import LOSS_STRIDE
 from ffnn.models import REGISTRY, build_model
 from ffnn.tracking import Tracker
+from ffnn.train.jobs import LOSS_STRIDE
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import torch
 
 from ffnn import data
 from ffnn.models import ModelSpec
-from ffnn.stacked import train_stacked
+from ffnn.train.stacked import train_stacked
 
 
 def study(data_dir: str, k: int, trials: int, iters: int, seed: int) -> dict:

@@ -250,7 +250,7 @@ def _train_comparison(cfg, ctx, args):
     """Train (in rounds with --until-decided). The training processes start first, so that they load torch
     and the data while this process imports MLflow and opens the store."""
     from .engine import worker_count
-    from .jobs import run_stack
+    from .train.jobs import run_stack
     ctx.engine(run_stack, worker_count(cfg.workers, ctx.device, len(cfg.models) * cfg.seeds))
     if args.until_decided:
         from .report import Design

@@ -28,7 +28,6 @@ from .config import CompareConfig, validate_train
 from .context import Context
 from .engine import worker_count
 from .errors import Fault, Interrupted, UserError, deferred_interrupts, ignore_interrupts, stop_line
-from .jobs import Job, JobResult, StackJob, run_stack
 from .memory import fit, human
 from .models import build_model, count_params
 from .tracking import (
@@ -43,6 +42,7 @@ from .tracking import (
     run_key,
 )
 from .train import DivergenceRule
+from .train.jobs import Job, JobResult, StackJob, run_stack
 
 CPU_MAX_STACK = 10  # seeds per stack on the CPU: more costs there (two processes, a seed of C / E took
 # 1.59-1.60 / 2.22-2.26 s at 10, 1.72 / 2.34 s at 50; the matmuls are at peak, a stack's weights fall out

@@ -7,17 +7,16 @@ that they import torch and load the data while this process imports MLflow and o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from . import datasets
-from .engine import Engine, Work
+from .engine import Engine, ProcessEngine, Setup, Work
 from .models import ModelSpec
 from .train import device_name, resolve_device
 
@@ -71,7 +70,7 @@ class Context:
     def device_name(self) -> str:
         return device_name(self.device)
 
-    def engine(self, work: Work, workers: int, setup: Callable[[], Any] | None = None) -> Engine:
+    def engine(self, work: Work, workers: int, setup: Setup | None = None) -> Engine:
         """The training processes that run ``work``, started on first use and kept until ``close``
         (``setup`` defaults to loading the whole dataset on the device)."""
         if work not in self.engines or not self.engines[work].alive:
@@ -79,7 +78,7 @@ class Context:
                                      verify=False)
             # on a GPU the one training process is a child too: it trains the next stack while this
             # process writes the last one to MLflow
-            self.engines[work] = Engine(workers, setup, work, spawn=self.device.type == "cuda")
+            self.engines[work] = ProcessEngine(workers, setup, work, spawn=self.device.type == "cuda")
         return self.engines[work]
 
     def close(self, graceful: bool = True) -> None:

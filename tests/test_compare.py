@@ -176,10 +176,10 @@ def test_memory_caps_cut_stacks_to_what_fits_and_refuse_what_cannot(tiny, tmp_pa
     from ffnn.compare import memory_caps, plan_stacks
     from ffnn.config import CompareConfig
     from ffnn.errors import UserError
-    from ffnn.jobs import Job
     from ffnn.memory import eval_bytes, seed_bytes
     from ffnn.models import REGISTRY, count_params
     from ffnn.train import DivergenceRule, TrainConfig
+    from ffnn.train.jobs import Job
 
     class Ctx:
         device = torch.device("cpu")

@@ -21,8 +21,8 @@ from ffnn.config import ConfigError, build_compare_config
 from ffnn.context import Context
 from ffnn.data import DataError
 from ffnn.models import REGISTRY, ModelSpec, build_model, parse_describe
-from ffnn.stacked import train_stacked
 from ffnn.train import TrainConfig, train
+from ffnn.train.stacked import train_stacked
 
 
 def blobs(n: int, rng: np.random.Generator, features: int = 5, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:

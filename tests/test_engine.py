@@ -2,7 +2,7 @@
 
 import os
 
-from ffnn.engine import Engine
+from ffnn.engine import ProcessEngine as Engine
 
 
 def _setup():
@@ -41,7 +41,7 @@ def test_cpu_workers_are_forked_only_while_this_process_has_no_other_thread():
     import sys
     import threading
 
-    from ffnn.engine import start_method
+    from ffnn.engine.process import start_method
     assert start_method(spawn=True) == "spawn"  # CUDA: never forked
     if sys.platform == "linux" and threading.active_count() == 1:
         assert start_method(spawn=False) == "fork"

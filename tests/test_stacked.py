@@ -10,8 +10,8 @@ import torch
 
 from ffnn import data
 from ffnn.models import REGISTRY, ModelSpec, seeded_model
-from ffnn.stacked import train_stacked
 from ffnn.train import DivergenceRule, TrainConfig, train
+from ffnn.train.stacked import train_stacked
 
 BATCH, ITERS, EVAL = 20, 60, 20
 
@@ -111,7 +111,7 @@ def test_single_run_loop_applies_the_same_divergence_rule(ds):
 def test_masking_every_step_as_a_cuda_graph_does_changes_nothing(ds, monkeypatch):
     """On CUDA every step zeroes the frozen seeds' gradients (a graph cannot branch); the CPU only while a
     seed is frozen. Both give the same numbers, frozen seed included."""
-    from ffnn import stacked as stacked_mod
+    from ffnn.train import stacked as stacked_mod
     spec = ModelSpec((300, 300), "relu")
     lazy = stacked(ds, spec, [0, 1, 2], lrs=[0.1, 1e6, 0.1])
 

@@ -1,4 +1,4 @@
-"""Tune's trials as stacks (ffnn.trials) against the stacked trainer alone, on the tiny dataset: padded and
+"""Tune's trials as stacks (ffnn.train.trials) against the stacked trainer alone, on the tiny dataset: padded and
 masked trials, stopped seeds, per-trial pruning and divergence."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 
 from ffnn import data
 from ffnn.models import ModelSpec
-from ffnn.stacked import train_stacked
 from ffnn.train import TrainConfig
-from ffnn.trials import TrialJob, TrialStack, TuneData, plan_stacks, run_trials
+from ffnn.train.stacked import train_stacked
+from ffnn.train.trials import TrialJob, TrialStack, TuneData, plan_stacks, run_trials
 
 BATCH, ITERS, EVAL = 20, 40, 20
 

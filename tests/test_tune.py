@@ -14,10 +14,10 @@ from conftest import cli_command
 from mlflow import MlflowClient
 
 from ffnn import cli, data, tune
-from ffnn import trials as trials_mod
 from ffnn.models import ModelSpec
-from ffnn.stacked import train_stacked
 from ffnn.tracking import Tracker
+from ffnn.train import trials as trials_mod
+from ffnn.train.stacked import train_stacked
 from ffnn.tune import search
 
 BUDGET = """

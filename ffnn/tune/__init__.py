@@ -5,7 +5,7 @@ The only package that imports optuna: ``driver`` (the command: batches of trials
 ``storage`` (Optuna's storage, heartbeats, stale trials) and ``outputs`` (best params, plots). The
 objective is the accuracy on a fixed validation split held out from the training set
 (``data.split_validation``); the test set is dropped as soon as the data is loaded. Trials train in
-worker processes (``ffnn.trials``), which import neither Optuna nor MLflow.
+worker processes (``ffnn.train.trials``), which import neither Optuna nor MLflow.
 """
 
 from .driver import TuneResult, final_runs, tune

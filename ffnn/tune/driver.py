@@ -31,7 +31,7 @@ from ..errors import Fault, Interrupted, UserError, ignore_interrupts, install_i
 from ..models import REGISTRY, ModelSpec
 from ..tracking import TAG_FAILURE, heartbeat_interval, sqlite_path
 from ..train import TrainConfig
-from ..trials import load_split, plan_stacks, trial_work
+from ..train.trials import load_split, plan_stacks, trial_work
 from .outputs import StudySummary, summarize, write_outputs
 from .search import TPE_STARTUP, open_study
 from .storage import StaleTrials, fail_dead_owners, fail_unowned, open_storage, reconcile, storage_label

@@ -25,7 +25,7 @@ from ..context import Context
 from ..errors import deferring
 from ..models import ModelSpec, count_params
 from ..tracking import TAG_FAILURE, TAG_KIND, Tracker, owner
-from ..trials import Outcome, TrialEval, TrialJob, TrialStack
+from ..train.trials import Outcome, TrialEval, TrialJob, TrialStack
 from .search import suggest
 from .storage import (
     MLFLOW_STATUS,

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import data as data_mod
-from . import datasets
-from .errors import Interrupted
+from .. import data as data_mod
+from .. import datasets
+from ..errors import Interrupted
+from ..models import ModelSpec, count_params
 from .jobs import LOSS_STRIDE, window_means
-from .models import ModelSpec, count_params
+from .loop import DEFAULT_RULE, DivergenceRule, TrainConfig
 from .stacked import StackEval, train_stacked
-from .train import DEFAULT_RULE, DivergenceRule, TrainConfig
 
 
 @dataclass(frozen=True)

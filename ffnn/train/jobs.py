@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .bits import pack_correct
-from .data import Dataset
-from .models import ModelSpec, count_params
+from ..bits import pack_correct
+from ..data import Dataset
+from ..models import ModelSpec, count_params
+from .loop import DivergenceRule, TrainConfig, device_name
 from .stacked import train_stacked
-from .train import DivergenceRule, TrainConfig, device_name
 
 LOSS_STRIDE = 50  # train_loss is logged as the mean of each 50 optimizer steps, at the 50th (60 points a
 # 3000-step run: half the time of a run's log_batch at 10 steps, and a curve as smooth)

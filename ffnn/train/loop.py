@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .models import ModelSpec, seeded_model
+from ..errors import UserError
+from ..models import ModelSpec, seeded_model
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Jobs -> worker processes (or this process) -> results: the one execution engine of compare and tune.
+"""The local engine: jobs -> worker processes (or this process) -> results, on one machine.
 
 A worker is a child process with one torch thread (CPU matmul results depend
 on the thread count, so a job's numbers do not depend on how many workers
@@ -36,13 +36,14 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from .base import Setup, Work
+
 if TYPE_CHECKING:
     import torch
 
 TRAIN_THREADS = 1  # torch threads per training process
 PR_SET_PDEATHSIG = 1
 
-Work = Callable[[Any, Any, Callable[[Any], Any]], Any]  # (context, job, ask) -> result
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -84,7 +85,7 @@ def _worker(conn: Connection, parent_pid: int, payload: bytes) -> None:
 
 def _unasked(job: Any, payload: Any) -> Any:
     """``on_ask`` of a run given none: work that asks anyway is a programming error, said plainly."""
-    raise RuntimeError(f"job {job!r} asked {payload!r}, but Engine.run was given no on_ask")
+    raise RuntimeError(f"job {job!r} asked {payload!r}, but the engine was given no on_ask")
 
 
 def start_method(spawn: bool) -> Literal["fork", "spawn"]:
@@ -108,13 +109,13 @@ def worker_count(requested: int | None, device: torch.device, n_jobs: int) -> in
     return max(1, min(n, n_jobs or 1))
 
 
-class Engine:
+class ProcessEngine:
     """``workers`` training processes, or this process when ``workers`` is 1 and ``spawn`` is false.
 
     ``spawn``: use a process even for one worker, so that this process records results meanwhile (on a
     GPU, one process trains while this one writes to MLflow), and start it with ``spawn``, never ``fork``."""
 
-    def __init__(self, workers: int, setup: Callable[[], Any], work: Work, spawn: bool = False):
+    def __init__(self, workers: int, setup: Setup, work: Work, spawn: bool = False):
         self.work = work
         self.conns: list[Connection] = []
         self.procs: dict[Connection, BaseProcess] = {}

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import ModelSpec, seeded_model
-from .train import DEFAULT_RULE, DivergenceRule
+from ..models import ModelSpec, seeded_model
+from .loop import DEFAULT_RULE, DivergenceRule
 
 _ACT = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
 CHUNK = 64  # floats: a multiple of every CPU vector loop's step

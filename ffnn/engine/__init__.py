@@ -1,0 +1,10 @@
+"""What runs the training of compare and tune: the ``Engine`` interface (``base``) and its local
+implementation (``process``: training processes on this machine).
+
+Importing this package imports no torch: a training process binds itself to its parent first.
+"""
+
+from .base import Engine, Setup, Work
+from .process import ProcessEngine, worker_count
+
+__all__ = ["Engine", "ProcessEngine", "Setup", "Work", "worker_count"]
