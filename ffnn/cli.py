@@ -1,28 +1,21 @@
 """ffnn: does a bigger feed-forward net actually do better? Train, track, tune, report.
 
-Argument parsing, progress and printing only; the work lives in the modules.
+Argument parsing and dispatch only: the workflows live in their modules, what is printed in ``console``.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import math
 import os
 import signal
-import statistics
 import sys
-import threading
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from . import console
 from .errors import Fault, Interrupted, UserError, fault_line, install_interrupt_handlers
-
-if TYPE_CHECKING:  # the modules themselves are imported where a command needs them
-    from .compare import RunRow
-    from .tracking import Tracker
+from .registry import register_best
 
 DEFAULT_CONFIG = "experiments/compare.toml"
 
@@ -114,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Tune each architecture family on a validation split held out from the "
                                    "training set; every trial is a nested MLflow run.")
     p.add_argument("--config", default="experiments/tune.toml", help="tuning file (TOML)")
-    p.add_argument("--model", action="append", default=None,
+    p.add_argument("--model", action="append", default=None, dest="models",
                    help="architecture family to tune (A-E); repeat or comma list (default: all in the file)")
     p.add_argument("--n-trials", type=int, default=None, help="trials per study (default: the file's)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per study (default: none)")
@@ -139,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the file's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="training device")
     p.add_argument("--iters", type=int, default=None, help="optimizer steps per trial (default 3000)")
-    p.add_argument("--final", action="store_true",
+    p.add_argument("--final", action="store_true", default=None,
                    help="retrain each study's best configuration on the full training set over --seeds seeds "
                         "and log them as comparison runs (model name e.g. C*)")
     p.add_argument("--seeds", type=int, default=None, help="seeds for --final (default: the file's, 5)")
@@ -178,69 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(total_hint: list[int]):
-    """A tqdm bar on a terminal, plain lines otherwise."""
-    bar = None
-    tty = sys.stderr.isatty()
-
-    def say(msg: str, result) -> None:
-        nonlocal bar
-        if result is None:
-            print(msg, file=sys.stderr, flush=True)
-            if tty and "training" in msg:
-                from tqdm import tqdm
-                n = int(msg.rsplit("training", 1)[1])
-                bar = tqdm(total=n, unit="run", file=sys.stderr)
-            return
-        line = (f"{msg}: {result.accuracy:.2f}% in {result.seconds:.1f}s" if result.error is None
-                else f"{msg}: FAILED ({result.error.splitlines()[0]})")
-        if bar is not None:
-            bar.set_postfix_str(line)
-            bar.update(1)
-            if bar.n >= bar.total:
-                bar.close()
-        else:
-            print(line, file=sys.stderr, flush=True)
-    return say
-
-
-def _fmt(values: list[float], spec: str = ".2f") -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{statistics.mean(values):{spec}} +/- {statistics.stdev(values):{spec}}"
-
-
-def print_table(rows, cfg) -> None:
-    print(f"\n{'model':<6} {'spec':<24} {'runs':>5} {'final test acc (%)':>20} {'mean s':>8}  failed")
-    for m in cfg.models:
-        mine = [r for r in rows if r.model == m]
-        ok = [r for r in mine if r.status == "FINISHED"]
-        acc = [r.accuracy for r in ok if not math.isnan(r.accuracy)]
-        secs = [r.seconds for r in ok]
-        failed = [r for r in mine if r.status != "FINISHED"]
-        fail_txt = "; ".join(f"seed {r.seed}: {r.status} {r.failure}".strip() for r in failed)
-        print(f"{m:<6} {cfg.spec(m).describe():<24} {len(ok):>5} {_fmt(acc):>20} "
-              f"{(statistics.mean(secs) if secs else float('nan')):>8.2f}  {fail_txt}")
+def _overrides(args: argparse.Namespace, flags: tuple[str, ...]) -> dict[str, object]:
+    """The flags a config takes, by name: each is None where the command line left it to the file."""
+    return {k: getattr(args, k) for k in flags}
 
 
 def cmd_compare(args) -> int:
-    from .config import build_compare_config, read_toml
+    from .config import COMPARE_FLAGS, build_compare_config, read_toml
 
     file_values = read_toml(args.config) if (args.config != DEFAULT_CONFIG or Path(args.config).exists()) else {}
-    overrides = {"models": args.models, "seeds": args.seeds, "iters": args.iters, "eval_every": args.eval_every,
-                 "lr": args.lr, "batch_size": args.batch_size, "device": args.device, "dataset": args.dataset,
-                 "experiment": args.experiment, "workers": args.workers, "stack_size": args.stack_size,
-                 "divergence_threshold": args.divergence_threshold, "divergence_window": args.divergence_window}
-    cfg = build_compare_config(file_values, overrides)
+    cfg = build_compare_config(file_values, _overrides(args, COMPARE_FLAGS))
     with build_context(cfg.dataset, cfg.device, args) as ctx:
         cfg = ctx.bind(cfg)  # specs sized to the data's inputs and classes
         rows, cfg = _train_comparison(cfg, ctx, args)
-    print_table(rows, cfg)
+    console.print_table(rows, cfg)
     print(f"\nruns in MLflow: experiment {cfg.experiment!r} at {ctx.tracker.uri}  (make ui to browse)")
     if args.register:
-        register_best(cfg.experiment, ctx.tracker, rows)
+        console.print_registered(register_best(cfg.experiment, ctx.tracker, rows))
     if not args.no_report:
         report_after(cfg.experiment, ctx.tracker.uri)
     return exit_status(rows)
@@ -256,39 +203,20 @@ def _train_comparison(cfg, ctx, args):
         from .report import Design
         from .until_decided import until_decided
         res = until_decided(cfg, Design(margin=args.margin, round=args.round, max_seeds=args.max_seeds), ctx,
-                            _progress([]), lambda msg: print(msg, file=sys.stderr, flush=True))
+                            console.Progress())
         per = ", ".join(f"{m} {n}" for m, n in res.seeds_per_model().items())
         print(f"\n--until-decided: {res.runs} runs ({per} seeds); the {res.family} family is "
               f"{'decided' if res.decided else f'not decided at --max-seeds {args.max_seeds}'}")
         return res.rows, replace(cfg, seeds=res.seeds)
     from .compare import compare
-    rows, _ = compare(cfg, ctx, _progress([]))
+    rows, _ = compare(cfg, ctx, console.Progress())
     return rows, cfg
 
 
 def exit_status(rows) -> int:
     """0 when no requested run ended FAILED, else 1 (after saying how many)."""
-    failed = [r for r in rows if r.status == "FAILED"]
-    if failed:
-        print(f"\n{len(failed)} of {len(rows)} runs FAILED (see the table): exit status 1", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def register_best(experiment: str, tracker: Tracker, rows: list[RunRow]) -> None:
-    """Each model's best FINISHED seed, by final test accuracy, as ``models:/<experiment>-<model>@best``."""
-    from .tracking import BEST_ALIAS, registry_name
-
-    best: dict[str, RunRow] = {}
-    for r in rows:
-        if r.status == "FINISHED" and r.run_id and not math.isnan(r.accuracy) and \
-                (r.model not in best or r.accuracy > best[r.model].accuracy):
-            best[r.model] = r
-    for model, r in best.items():
-        name = registry_name(experiment, model)
-        version = tracker.register_model(
-            name, r.run_id, description=f"{model} seed {r.seed} of experiment {experiment!r}: the best final "
-                                        f"test accuracy ({r.accuracy:.2f}%) among its seeds, so an optimistic one")
-        print(f"registered {model} seed {r.seed} ({r.accuracy:.2f}%): models:/{name}@{BEST_ALIAS} (version {version})")
+    console.print_failed(rows)
+    return 1 if any(r.status == "FAILED" for r in rows) else 0
 
 
 def build_context(dataset: str, device: str, args):
@@ -305,28 +233,11 @@ def cmd_data(args) -> int:
     return 0
 
 
-def print_report(report) -> None:
-    """The evidence, notes and the short verdict list; where the files went."""
-    print(f"\nreport on {', '.join(report.cfg.experiments)}: {report.evidence()}")
-    for note in report.notes:
-        print(f"  note: {note}")
-    if len(report.comparisons):
-        print(f"verdicts ({report.verdict_header()}):")
-        for line in report.verdict_lines():
-            print(f"  {line}")
-    else:
-        print("no capacity steps among the models present: nothing to compare")
-    if report.files:
-        names = " ".join(p.name for p in report.files)
-        logged = f"; logged to run {report.parent_run_id} (artifacts report/)" if report.parent_run_id else ""
-        print(f"files in {report.out}/: {names}{logged}")
-
-
 def report_after(experiment: str, tracking_uri: str) -> None:
     """The report at the end of a command that trained: a problem with it does not fail the command."""
     from .report import ReportConfig, make_report
     try:
-        print_report(make_report(ReportConfig(experiments=(experiment,)), tracking_uri))
+        console.print_report(make_report(ReportConfig(experiments=(experiment,)), tracking_uri))
     except UserError as e:
         print(f"report skipped: {e}", file=sys.stderr)
 
@@ -334,61 +245,27 @@ def report_after(experiment: str, tracking_uri: str) -> None:
 def cmd_report(args) -> int:
     from .report import build_report_config, make_report
     cfg = build_report_config(args.experiment, args.models, args.out, args.formats, args.margin)
-    print_report(make_report(cfg, args.tracking_uri))
+    console.print_report(make_report(cfg, args.tracking_uri))
     return 0
 
 
-def print_tune(res, cfg) -> None:
-    print(f"\n{'study':<14} {'trials':>6} {'done/pruned/failed':>18} {'per min':>8} {'best val acc (%)':>17}  "
-          f"best configuration")
-    for s in res.studies:
-        st = s.states
-        best = (f"{s.best_value:17.2f}  {s.best_spec.describe()}, lr {s.best_params['lr']:.3g} (trial {s.best_number})"
-                if s.best_spec is not None else f"{'-':>17}")
-        counts = f"{st.get('COMPLETE', 0)}/{st.get('PRUNED', 0)}/{st.get('FAIL', 0)}"
-        rate = f"{s.trials_per_minute:8.2f}" if s.finished_now else f"{'-':>8}"
-        print(f"{s.name:<14} {sum(st.values()):>6} {counts:>18} {rate} {best}")
-        for note in s.notes:
-            print(f"  note: {note}")
-    n, minutes = sum(s.finished_now for s in res.studies), sum(s.seconds for s in res.studies) / 60
-    if n:
-        print(f"\nthis invocation: {n} trials in {minutes:.1f} min ({n / minutes:.1f} per minute) "
-              f"with {res.workers} training process(es)")
-    if res.studies:
-        first = res.studies[0]
-        print(f"best params and plots: {first.out.parent}/<study>/best_params.json, plots.html")
-        print(f"trials in Optuna: optuna trials --study-name {first.name} --storage {res.storage}  "
-              f"(make dashboard to browse)")
-    print(f"runs in MLflow: experiment {cfg.experiment!r} at {res.tracking_uri}, one parent run per study")
-
-
 def cmd_tune(args) -> int:
-    from .config import build_tune_config, read_toml
+    from .config import TUNE_FLAGS, build_tune_config, read_toml
     from .tune import tune
 
-    overrides = {"models": args.model, "n_trials": args.n_trials, "timeout": args.timeout,
-                 "storage": args.storage or os.environ.get("FFNN_OPTUNA_STORAGE"), "study_name": args.study_name,
-                 "workers": args.workers, "sampler_seed": args.sampler_seed, "trial_seeds": args.trial_seeds,
-                 "trial_batch": args.trial_batch,
-                 "sampler": args.sampler, "pruner": args.pruner, "experiment": args.experiment,
-                 "device": args.device, "iters": args.iters, "final": args.final or None, "seeds": args.seeds,
-                 "dataset": args.dataset}
+    overrides = _overrides(args, TUNE_FLAGS)
+    overrides["storage"] = overrides["storage"] or os.environ.get("FFNN_OPTUNA_STORAGE")
     cfg = build_tune_config(read_toml(args.config), overrides)
     if args.register and not cfg.final:
         raise UserError("--register registers the models that --final retrains; pass --final too")
     with build_context(cfg.dataset, cfg.device, args) as ctx:
-        res = tune(cfg, ctx, lambda msg: print(msg, file=sys.stderr, flush=True), _progress([]))
-    print_tune(res, cfg)
+        res = tune(cfg, ctx, console.Progress())
+    console.print_tune(res, cfg)
     if res.final:
-        print(f"\n{'model':<6} {'spec':<28} {'runs':>5} {'final test acc (%)':>20}")
-        for name, rows in res.final.items():
-            acc = [r.accuracy for r in rows if r.status == "FINISHED" and not math.isnan(r.accuracy)]
-            spec = next(s.best_spec for s in res.studies if s.model == name.rstrip("*")) if name.endswith("*") \
-                else None
-            print(f"{name:<6} {(spec.describe() if spec else 'tutorial'):<28} {len(acc):>5} {_fmt(acc):>20}")
+        console.print_final(res)
         rows = [r for found in res.final.values() for r in found]
         if args.register:
-            register_best(cfg.final_experiment, ctx.tracker, rows)
+            console.print_registered(register_best(cfg.final_experiment, ctx.tracker, rows))
         report_after(cfg.final_experiment, res.tracking_uri)
         return exit_status(rows)
     return 0
@@ -483,16 +360,5 @@ def _places(args: argparse.Namespace) -> list[str]:
 
 
 def main_exit() -> None:
-    """The console script (and ``python -m ffnn``): ``main``, then a quick exit.
-
-    Python's own teardown of the modules a command has imported (torch, MLflow, pandas, matplotlib) took
-    1.1-1.35 s here and does nothing for the user. So once ``main`` is done and no other thread is left,
-    the exit handlers run (logging, multiprocessing, MLflow's), the output is flushed and the process ends.
-    """
-    code = main()
-    if threading.active_count() == 1:
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    """The console script (and ``python -m ffnn``)."""
+    sys.exit(main())

@@ -16,7 +16,7 @@ import io
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,6 +28,7 @@ from .config import CompareConfig, validate_train
 from .context import Context
 from .engine import worker_count
 from .errors import Fault, Interrupted, UserError, deferred_interrupts, ignore_interrupts, stop_line
+from .events import Listener, Note, Planned, Trained, ignore
 from .memory import fit, human
 from .models import build_model, count_params
 from .tracking import (
@@ -127,10 +128,7 @@ def run_params(job: Job, dataset: str, device: str) -> dict[str, object]:
             "seed": c.seed, "dataset": dataset, "device": device, "n_params": count_params(job.spec)}
 
 
-Progress = Callable[[str, JobResult | None], None]
-
-
-def compare(cfg: CompareConfig, ctx: Context, progress: Progress | None = None) -> tuple[list[RunRow], str]:
+def compare(cfg: CompareConfig, ctx: Context, on_event: Listener = ignore) -> tuple[list[RunRow], str]:
     """Train what is missing; return every (model, seed) row and the experiment id."""
     cfg = ctx.bind(cfg)  # the dataset's recorded name, every spec sized to its inputs and classes
     validate_train(cfg.train, ctx.n_train)
@@ -142,19 +140,18 @@ def compare(cfg: CompareConfig, ctx: Context, progress: Progress | None = None) 
 
     done = tracker.finished_keys(exp_id)
     todo = [j for j in all_jobs if key_of(j, cfg.dataset) not in done]
-    say = progress or (lambda msg, res: None)
-    say(f"{len(all_jobs) - len(todo)} of {len(all_jobs)} runs already finished; training {len(todo)}", None)
+    on_event(Planned(len(all_jobs) - len(todo), len(all_jobs)))
     if todo:
-        _Comparison(cfg, ctx, exp_id, say, caps, finished_before=len(all_jobs) - len(todo)).train(todo)
+        _Comparison(cfg, ctx, exp_id, on_event, caps, finished_before=len(all_jobs) - len(todo)).train(todo)
     return _rows(tracker, exp_id, all_jobs, cfg.dataset), exp_id
 
 
 class _Comparison:
     """One invocation's parent run and the child runs it opens, claims and closes."""
 
-    def __init__(self, cfg: CompareConfig, ctx: Context, exp_id: str, say: Progress,
+    def __init__(self, cfg: CompareConfig, ctx: Context, exp_id: str, on_event: Listener,
                  caps: Mapping[str, int] | None = None, finished_before: int = 0):
-        self.cfg, self.ctx, self.exp_id, self.say, self.caps = cfg, ctx, exp_id, say, caps
+        self.cfg, self.ctx, self.exp_id, self.on_event, self.caps = cfg, ctx, exp_id, on_event, caps
         self.finished = finished_before  # FINISHED runs of this comparison in the store
         self.writing: tuple[str, str] | None = None  # (name, id) of the run being recorded, named if that fails
         self.tracker: Tracker = ctx.tracker
@@ -287,7 +284,7 @@ class _Comparison:
             del self.others[key]
         jobs = [self.others.pop(key) for key in list(self.others) if key in free]
         if jobs:
-            self.say(f"{len(jobs)} run(s) that another process left unfinished: taking them over", None)
+            self.on_event(Note(f"{len(jobs)} run(s) that another process left unfinished: taking them over"))
         return jobs
 
     def _finish(self, stack: StackJob, results: list[JobResult]) -> None:
@@ -298,7 +295,7 @@ class _Comparison:
             run_id = ids[r.job.cfg.seed]
             if status.get(run_id, "RUNNING") != "RUNNING":
                 self.open_runs.pop(run_id)
-                self.say(f"{r.job.model} seed={r.job.cfg.seed}: taken over by another process meanwhile", None)
+                self.on_event(Note(f"{r.job.model} seed={r.job.cfg.seed}: taken over by another process meanwhile"))
                 continue
             self.writing = (f"{r.job.model} seed={r.job.cfg.seed}", run_id)
             with deferred_interrupts():
@@ -311,7 +308,7 @@ class _Comparison:
             self.finished += r.error is None
             if r.device_name:
                 self.device_names.add(r.device_name)
-            self.say(f"{r.job.model} seed={r.job.cfg.seed}", r)
+            self.on_event(Trained(f"{r.job.model} seed={r.job.cfg.seed}", r.accuracy, r.seconds, r.error))
 
     def _crashed(self, stack: StackJob, error: str) -> None:
         now = int(time.time() * 1000)

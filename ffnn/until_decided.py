@@ -13,15 +13,15 @@ every comparison is decided, or at ``max_seeds``. The design is recorded on the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from .compare import Progress, RunRow, compare
+from .compare import RunRow, compare
 from .config import CompareConfig
 from .context import Context
 from .errors import UserError
+from .events import Listener, Note, ignore
 from .report.build import ReportConfig, analyse, design_from_tag, design_tag
 from .report.plan import default_family
 from .report.runs import tidy_runs
@@ -59,10 +59,10 @@ def check_design(design: Design) -> Design:
     return design
 
 
-def _compare_round(cfg: CompareConfig, seeds: int, ctx: Context, progress: Progress | None
+def _compare_round(cfg: CompareConfig, seeds: int, ctx: Context, on_event: Listener
                    ) -> tuple[list[RunRow], str]:
     """The one place this module trains: ``compare`` as ``cli.cmd_compare`` calls it, with ``seeds`` seeds."""
-    return compare(replace(cfg, seeds=seeds), ctx, progress)
+    return compare(replace(cfg, seeds=seeds), ctx, on_event)
 
 
 def decide_look(tracker: Tracker, experiment_id: str, cfg: CompareConfig, design: Design, seeds: int
@@ -76,8 +76,7 @@ def decide_look(tracker: Tracker, experiment_id: str, cfg: CompareConfig, design
     return family, table[table["family"] == family].reset_index(drop=True)
 
 
-def until_decided(cfg: CompareConfig, design: Design, ctx: Context, progress: Progress | None = None,
-                  say: Callable[[str], None] = lambda msg: None) -> Decided:
+def until_decided(cfg: CompareConfig, design: Design, ctx: Context, on_event: Listener = ignore) -> Decided:
     """Train round after round until the default family is decided or ``design.max_seeds`` is reached."""
     check_design(design)
     tracker = ctx.tracker
@@ -92,14 +91,14 @@ def until_decided(cfg: CompareConfig, design: Design, ctx: Context, progress: Pr
     training = cfg
     every: dict[tuple[str, int], RunRow] = {}  # the rows of every round: models stop at different looks
     for seeds in design.looks():
-        rows, exp_id = _compare_round(training, seeds, ctx, progress)
+        rows, exp_id = _compare_round(training, seeds, ctx, on_event)
         every.update({(r.model, r.seed): r for r in rows})
         family, table = decide_look(tracker, exp_id, cfg, design, seeds)
         undecided = table[table["verdict"] == "undecided"]
         decided = bool(len(table)) and undecided.empty
         open_steps = [f"{r.a} -> {r.b}" for r in undecided.itertuples()]
-        say(f"look at {seeds} seeds: " + (f"{family} family decided" if decided else
-                                          f"undecided: {', '.join(open_steps) or 'no comparisons'}"))
+        on_event(Note(f"look at {seeds} seeds: " + (f"{family} family decided" if decided else
+                                                    f"undecided: {', '.join(open_steps) or 'no comparisons'}")))
         result = Decided(list(every.values()), tracker, exp_id, seeds, family, table, decided,
                          sum(r.status == "FINISHED" for r in every.values()))
         if decided or not len(table):

@@ -146,7 +146,7 @@ def test_tune_unknown_key_in_file(tiny, tmp_path, capsys):
 
 
 def test_the_console_script_exits_with_the_status_and_all_its_output(tiny, tmp_path):
-    """``main_exit`` leaves without Python's teardown: the status and every line must still come out."""
+    """The console script's exit status, its one error line on stderr and its output on stdout, through a pipe."""
     import os
     import subprocess
 

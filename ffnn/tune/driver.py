@@ -23,11 +23,12 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from ..compare import Progress, RunRow, compare
+from ..compare import RunRow, compare
 from ..config import CompareConfig, ConfigError, TuneConfig, validate_train
 from ..context import Context
 from ..engine import Engine, worker_count
 from ..errors import Fault, Interrupted, UserError, ignore_interrupts, install_interrupt_handlers, stop_line
+from ..events import Listener, Note, ignore
 from ..models import REGISTRY, ModelSpec
 from ..tracking import TAG_FAILURE, heartbeat_interval, sqlite_path
 from ..train import TrainConfig
@@ -51,10 +52,11 @@ class TuneResult:
     final: dict[str, list[RunRow]] = field(default_factory=dict)  # model name (C, C*) -> comparison rows
 
 
-def tune(cfg: TuneConfig, ctx: Context, progress: Callable[[str], None] | None = None,
-         compare_progress: Progress | None = None) -> TuneResult:
+def tune(cfg: TuneConfig, ctx: Context, on_event: Listener = ignore) -> TuneResult:
     """Run ``cfg.n_trials`` more trials of each family's study; then, with ``cfg.final``, retrain the best."""
-    say = progress or (lambda msg: None)
+    def say(text: str) -> None:
+        on_event(Note(text))
+
     # the dataset's recorded name (an .npz file's carries its hash); a val_share becomes its count of examples
     cfg = replace(cfg, dataset=ctx.dataset.name, val_size=cfg.val_examples(ctx.n_train), val_share=None)
     val_size = cfg.val_size
@@ -91,7 +93,7 @@ def tune(cfg: TuneConfig, ctx: Context, progress: Callable[[str], None] | None =
         if engine is not None:
             engine.close(graceful)
     if cfg.final:
-        result.final = final_runs(cfg, result.studies, ctx, say, compare_progress)
+        result.final = final_runs(cfg, result.studies, ctx, say, on_event)
     return result
 
 
@@ -198,7 +200,7 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
 
 
 def final_runs(cfg: TuneConfig, studies: list[StudySummary], ctx: Context, say: Callable[[str], None],
-               compare_progress: Progress | None) -> dict[str, list[RunRow]]:
+               on_event: Listener) -> dict[str, list[RunRow]]:
     """Each best configuration (as ``C*``) and its tutorial model (``C``) over ``cfg.seeds`` seeds, on the full
     training set and the test set, as ordinary comparison runs; finished ones are skipped."""
     tuned = [s for s in studies if s.best_spec is not None]
@@ -219,7 +221,7 @@ def final_runs(cfg: TuneConfig, studies: list[StudySummary], ctx: Context, say: 
                              workers=cfg.workers)
         say(f"final: {', '.join(f'{m} ({ccfg.spec(m).describe()})' for m in models)}, lr {train_cfg.lr:g}, "
             f"x{cfg.seeds} seeds -> experiment {cfg.final_experiment!r}")
-        found, _ = compare(ccfg, ctx, compare_progress)
+        found, _ = compare(ccfg, ctx, on_event)
         for m in models:
             rows[m] = [r for r in found if r.model == m]
     return dict(sorted(rows.items(), key=lambda kv: (kv[0].rstrip("*"), kv[0])))
