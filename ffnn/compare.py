@@ -190,7 +190,7 @@ class _Comparison:
         reserve = self.tracker.reserve_space()
         try:  # from here on whatever goes wrong ends the parent and the open runs, never leaves them RUNNING
             self.tracker.start_heartbeat(self.parent)  # other processes see this one alive while it is fresh
-            self.tracker.prepare_model_template(build_model(queue[0].spec), self.example)  # meanwhile, in a thread
+            self.tracker.prepare_model_logging(build_model(queue[0].spec), self.example)  # meanwhile, in a thread
             engine = ctx.engine(run_stack, workers)
 
             def next_job() -> StackJob | None:
@@ -302,7 +302,7 @@ class _Comparison:
                 self.tracker.log_dataset(run_id, self.cfg.dataset, self.ctx.dataset.digest,
                                          str(self.ctx.folder.resolve()), self.ctx.n_train, self.ctx.n_test)
                 # the run stays open (and is ended FAILED with the cause) until it is recorded whole
-                _record(self.tracker, run_id, r, self.open_runs[run_id], self.example)
+                _record(self.tracker, self.exp_id, run_id, r, self.open_runs[run_id], self.example)
                 del self.open_runs[run_id]
             self.writing = None
             self.finished += r.error is None
@@ -316,21 +316,22 @@ class _Comparison:
                              for s in stack.seeds])
 
 
-def _record(tracker: Tracker, run_id: str, r: JobResult, params: dict, example: np.ndarray) -> None:
-    """A seed's params, metrics, tags, network and end, in as few store writes as MLflow allows."""
+def _record(tracker: Tracker, exp_id: str, run_id: str, r: JobResult, params: dict, example: np.ndarray) -> None:
+    """A seed's params, metrics and tags (one write), then its network (linked to the final metrics), then its
+    end."""
     tags = {"ffnn.engine": r.engine, "ffnn.stack_size": str(r.stack_size)} if r.engine else {}
     if r.device_name:
         tags["ffnn.device_name"] = r.device_name
     series = {"train_loss": r.losses, "test_accuracy": r.history}
     if r.error is None:
-        model = build_model(r.job.spec)
-        model.load_state_dict(torch.load(io.BytesIO(r.weights)))
-        tags.update(tracker.log_torch_model(run_id, model, example))
         # a test set of more than about 47,000 images does not fit a tag: then the run goes without it
         if r.test_correct and len(r.test_correct) <= MAX_TAG_CHARS:
             tags[TAG_TEST_CORRECT] = r.test_correct
         tracker.log_run(run_id, series, {"final_test_accuracy": r.accuracy, "train_seconds": r.seconds,
                                          "stack_seconds": r.stack_seconds}, r.job.cfg.iters, tags, params)
+        model = build_model(r.job.spec)
+        model.load_state_dict(torch.load(io.BytesIO(r.weights)))
+        tracker.log_torch_model(run_id, exp_id, model, example, r.job.cfg.iters)
         tracker.end_run(run_id, "FINISHED")
     else:
         tags[TAG_FAILURE] = r.error.splitlines()[0][:500]

@@ -64,7 +64,7 @@ def check_store(uri: str, experiment: str, kind: str, tmp_path) -> None:
         assert seeds == sorted((m, str(s)) for m in ("LR", "C", "D") for s in range(4))
     for r in children:
         if r.info.status == "FINISHED":  # the model is whole
-            mlflow.pytorch.load_model(f"{r.info.artifact_uri}/model")
+            mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
 
 
 def wait_started(proc: subprocess.Popen, log, timeout: float = 60) -> None:

@@ -199,14 +199,14 @@ def test_memory_caps_cut_stacks_to_what_fits_and_refuse_what_cannot(tiny, tmp_pa
 
 
 def test_an_unexpected_error_is_one_line_exit_1_and_leaves_nothing_running(tiny, tmp_path, capsys, monkeypatch):
-    """A fault in the parent after its run exists (here: saving the model template) ends the parent FAILED
+    """A fault in the parent after its run exists (here: preparing to log models) ends the parent FAILED
     with the cause, not RUNNING; FFNN_DEBUG=1 adds the traceback."""
     from ffnn.tracking import Tracker
 
     def broken(self, model, example):
         raise RuntimeError("disk controller on fire\nsecond line")
 
-    monkeypatch.setattr(Tracker, "prepare_model_template", broken)
+    monkeypatch.setattr(Tracker, "prepare_model_logging", broken)
     rc, client = run_compare(tmp_path, "--models", "LR", "--seeds", "1", "--workers", "1")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("ffnn compare: error: RuntimeError: disk controller on fire; 0 run(s) of "

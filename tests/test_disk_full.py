@@ -97,10 +97,10 @@ def test_compare_on_a_disk_that_fills_up_fails_clean_and_the_rerun_completes(tin
     import mlflow.pytorch
     import torch
     for r in finished:  # every FINISHED run's model is whole
-        model = mlflow.pytorch.load_model(f"{r.info.artifact_uri}/model")
+        model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
         assert model(torch.zeros(1, 784)).shape == (1, 10)
-    partial = [p for p in disk.path.rglob("model.pth")
-               if not any(r.info.run_id in str(p) for r in runs if r.info.status == "FINISHED")]
+    kept = {o.model_id for r in finished for o in r.outputs.model_outputs}
+    partial = [p for p in disk.path.rglob("model.pth") if not any(m in str(p) for m in kept)]
     assert partial == []  # the failed runs' model files are gone, not truncated
 
     disk.resize(64 << 20)  # space freed: the same command trains exactly what is missing

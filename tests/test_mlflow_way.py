@@ -62,7 +62,7 @@ def test_registered_best_seed_reproduces_its_logged_test_accuracy(tiny, tmp_path
 
 
 def test_every_finished_run_logs_a_model_with_signature_and_example(tiny, tmp_path):
-    """Each run's own network: the models after a process's first reuse its saved files but not its weights."""
+    """Each run's own network, as a LoggedModel found by the experiment's search."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     assert cli.main(compare_argv(tmp_path, "--models", "LR,C", "--seeds", "2")) == 0
     runs = finished_children(uri)
@@ -73,14 +73,12 @@ def test_every_finished_run_logs_a_model_with_signature_and_example(tiny, tmp_pa
     for run in runs:
         info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
         uuids.add(info.model_uuid)
-        folder = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model",
-                                                     dst_path=str(tmp_path / run.info.run_id))
-        # as save_model counts: before MLmodel
-        assert mlflow.models.Model.load(folder).model_size_bytes == sum(
-            f.stat().st_size for f in Path(folder).rglob("*") if f.is_file() and f.name != "MLmodel")
         assert evaluate(mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model"), ds.x_test, ds.y_test) == \
             pytest.approx(run.data.metrics["final_test_accuracy"], abs=0.01)
     assert len(uuids) == 4
+    exp = MlflowClient(uri).get_experiment_by_name("t")
+    found = MlflowClient(uri).search_logged_models(experiment_ids=[exp.experiment_id])
+    assert sorted(m.source_run_id for m in found) == sorted(r.info.run_id for r in runs)
     for run in runs:
         info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
         assert "pytorch" in info.flavors and info.signature is not None
@@ -89,7 +87,12 @@ def test_every_finished_run_logs_a_model_with_signature_and_example(tiny, tmp_pa
         assert example.shape == (5, 784) and example.dtype == np.float32
         reqs = MlflowClient(uri).download_artifacts(run.info.run_id, "model/requirements.txt", str(tmp_path))
         assert f"torch=={torch.__version__.split('+')[0]}" in Path(reqs).read_text()
-        assert json.loads(run.data.tags["mlflow.log-model.history"])[0]["artifact_path"] == "model"
+        # an MLflow 3 LoggedModel, the run's output, with the run's final metrics linked to it
+        [output] = run.outputs.model_outputs
+        logged = MlflowClient(uri).get_logged_model(output.model_id)
+        assert logged.source_run_id == run.info.run_id and logged.name == "model" and logged.status == "READY"
+        assert {m.key: m.value for m in logged.metrics}["final_test_accuracy"] == \
+            run.data.metrics["final_test_accuracy"]
         model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
         assert model(torch.from_numpy(example)).shape == (5, 10)
 
@@ -220,26 +223,3 @@ def test_compare_subprocess_exit_status_is_1_for_a_failed_run(tiny, tmp_path):
     out = subprocess.run(cli_command(tiny, *compare_argv(tmp_path, "--models", "E", "--seeds", "1", "--lr", "10000")),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stderr[-2000:]
-
-
-def test_saving_a_model_does_not_import_pytorch_lightning_nor_map_every_package(tmp_path):
-    """mlflow.pytorch imports Lightning when it is installed (seconds, with torchmetrics and transformers);
-    ffnn's model logging keeps it out, and Lightning still imports afterwards. Nor does it let MLflow map
-    every installed package to check the pinned requirements (seconds), and the check is back after."""
-    fake = tmp_path / "site" / "pytorch_lightning"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("import os\nopen(os.environ['MARK'], 'a').write('imported\\n')\n")
-    code = ("import sys, numpy as np\n"
-            "from ffnn.models import REGISTRY, build_model\n"
-            "from ffnn.tracking import _mlflow_pytorch, _save_template\n"
-            "_save_template(build_model(REGISTRY['C']), np.zeros((2, 784), np.float32))\n"
-            "assert 'mlflow.pytorch' in sys.modules and 'pytorch_lightning' not in sys.modules\n"
-            "from mlflow.utils import environment, requirements_utils\n"
-            "assert requirements_utils._MODULES_TO_PACKAGES is None\n"
-            "assert environment.warn_dependency_requirement_mismatches is "
-            "requirements_utils.warn_dependency_requirement_mismatches\n"
-            "import pytorch_lightning\n")
-    mark = tmp_path / "mark"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.getcwd()]), "MARK": str(mark)}
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
-    assert mark.read_text() == "imported\n"  # once: by the script's own import at the end

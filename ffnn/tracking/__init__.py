@@ -43,6 +43,7 @@ from .sqlite import (
     check_sqlite_file,
     resolve_uri,
     sqlite_path,
+    use_wal,
 )
 from .owners import (
     DEFAULT_GRACE,
@@ -57,8 +58,6 @@ from .translate import (
     HTTP_DEFAULTS,
 )
 from .models import (
-    _mlflow_pytorch,
-    _save_template,
     model_requirements,
 )
 from .store import (
@@ -105,6 +104,7 @@ __all__ = [
     "artifact_root",
     "check_sqlite_file",
     "sqlite_path",
+    "use_wal",
     "resolve_uri",
     "DEFAULT_GRACE",
     "git_commit",
@@ -114,8 +114,6 @@ __all__ = [
     "owner",
     "pid_alive",
     "HTTP_DEFAULTS",
-    "_mlflow_pytorch",
-    "_save_template",
     "model_requirements",
     "Tracker",
     "SystemMetrics",

@@ -1,30 +1,25 @@
-"""Trained networks in MLflow's PyTorch flavor: the shared template of a save, the model files of a
-run written all or nothing, the registry."""
+"""Trained networks as MLflow 3 LoggedModels in the PyTorch flavor, a run's artifacts written all or nothing,
+the registry."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import functools
-import hashlib
-import json
-import sys
 import tempfile
 import threading
-import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS
 
-from ..errors import no_space
+from ..errors import TrackingError, no_space
 from .schema import BEST_ALIAS, MODEL_PATH
 from .sqlite import local_path
 from .translate import writes_finish_before_interrupts
@@ -34,69 +29,23 @@ if TYPE_CHECKING:
     import torch
 
 
-@dataclass(frozen=True)
-class ModelTemplate:
-    """A saved model's files other than its weights and ``MLmodel`` (path -> bytes), and its ``MLmodel``."""
-    files: dict[str, bytes]
-    meta: dict[str, Any]
-
-
-def _mlflow_pytorch():
-    """``mlflow.pytorch``, imported without PyTorch Lightning. Where Lightning is installed, MLflow imports it
-    for its autologging callback, and Lightning imports torchmetrics, which imports transformers: in a
-    profile of ``ffnn compare --device cuda`` on the GPU machine these imports took over 10 s, for a
-    callback ffnn never uses. A saved model loads without it too."""
-    if "mlflow.pytorch" not in sys.modules:
-        blocked = "pytorch_lightning" not in sys.modules
-        if blocked:  # None: importing it raises ImportError, which MLflow passes over
-            sys.modules["pytorch_lightning"] = None  # type: ignore[assignment]  # typeshed: modules hold no None
-        try:
-            import mlflow.pytorch  # noqa: F401
-        finally:
-            if blocked and sys.modules.get("pytorch_lightning", 0) is None:
-                del sys.modules["pytorch_lightning"]  # a later import of Lightning works as usual
-    return sys.modules["mlflow.pytorch"]
-
-
-@contextlib.contextmanager
-def _requirements_taken_as_pinned() -> Iterator[None]:
-    """Skip ``save_model``'s check of the given pip requirements against the installed packages.
-
-    MLflow maps every installed distribution to its modules for it: 1.5 s of CPU here, 2.4 s on the GPU
-    machine, once per process. ``model_requirements`` pins the installed versions, so the check can
-    only agree. Where MLflow no longer has the function, nothing is replaced and the check runs.
-    """
-    from mlflow.utils import environment
-
-    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
-    if check is None:
-        yield
-        return
-    environment.warn_dependency_requirement_mismatches = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        environment.warn_dependency_requirement_mismatches = check
-
-
-def _save_template(model: torch.nn.Module, input_example: np.ndarray) -> ModelTemplate:
+def _signature(model: torch.nn.Module, input_example: np.ndarray) -> ModelSignature:
     import torch
-    from mlflow.models import Model, infer_signature
+    from mlflow.models import infer_signature
 
-    model = model.cpu().eval()
     with torch.no_grad():
-        output = model(torch.from_numpy(input_example)).numpy()
+        return infer_signature(input_example, model(torch.from_numpy(input_example)).numpy())
+
+
+def _warm_up(model: torch.nn.Module, input_example: np.ndarray) -> None:
+    """One ``mlflow.pytorch.save_model`` into a folder thrown away: it imports ``mlflow.pytorch`` and fills
+    MLflow's cache of the installed packages (for its check of the pip requirements), the first model's
+    cost, while the first stack trains."""
+    import mlflow.pytorch
+
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / MODEL_PATH
-        # "pickle": loads back as the nn.Sequential itself (a "pt2" export is a graph that refuses .eval())
-        with _requirements_taken_as_pinned():
-            _mlflow_pytorch().save_model(model, path, signature=infer_signature(input_example, output),
-                                         input_example=input_example, pip_requirements=model_requirements(),
-                                         serialization_format="pickle")
-        own = {"MLmodel", "data/model.pth"}
-        files = {name: f.read_bytes() for f in sorted(path.rglob("*"))
-                 if f.is_file() and (name := f.relative_to(path).as_posix()) not in own}
-        return ModelTemplate(files, Model.load(path).to_dict())
+        mlflow.pytorch.save_model(model, Path(tmp) / MODEL_PATH, signature=_signature(model, input_example),
+                                  pip_requirements=model_requirements(), serialization_format="pickle")
 
 
 @functools.cache
@@ -118,8 +67,9 @@ class ModelStore:
     uri: str
     client: MlflowClient
     _artifact_uris: dict[str, str]
-    _model_templates: dict[tuple, ModelTemplate]
-    _template_lock: threading.Lock
+    _signatures: dict[tuple, ModelSignature]
+    _model_experiment: str | None
+    _warming: threading.Thread | None
 
     def _artifact_repo(self, run_id: str):
         """Where the run's artifacts go; for a run this process created, found without a store read."""
@@ -156,54 +106,65 @@ class ModelStore:
                 repo.log_artifact(str(p), artifact_path)
 
     # models ----------------------------------------------------------------
-    def log_torch_model(self, run_id: str, model: torch.nn.Module, input_example: np.ndarray) -> dict[str, str]:
-        """Save ``model`` as the run's ``model/`` in MLflow's PyTorch flavor, loadable with
-        ``mlflow.pytorch.load_model("runs:/<run_id>/model")`` and servable with ``mlflow models serve``;
-        returns the tag that ``mlflow.pytorch.log_model`` would set (the UI's Models column), for the
-        caller to log with the run's other tags.
-
-        ``input_example``: (k, 784) float32 images as the model takes them; the signature is inferred from
-        it and the model's output. No LoggedModel entity, no requirement inference (``MODEL_REQUIREMENTS``
-        are pinned), no store read or write here. The first model of each output shape is saved by
-        ``mlflow.pytorch.save_model``; the ones after it reuse that save's environment files, example and
-        signature, and differ only in ``data/model.pth`` (written as ``save_model`` writes it) and their
-        ``MLmodel`` (own uuid, time and size): a third of the time per model.
+    def log_torch_model(self, run_id: str, experiment_id: str, model: torch.nn.Module, input_example: np.ndarray,
+                        step: int) -> str:
+        """``model`` as the run's MLflow 3 LoggedModel ``model``, through ``mlflow.pytorch.log_model``; returns
+        its model id. Loadable as ``runs:/<run_id>/model`` or ``models:/<model_id>``, listed in the experiment's
+        Models tab and by ``search_logged_models``; the run's metrics at ``step`` (the final ones) are linked
+        to it. ``input_example``: (k, n_features) float32 inputs as the model takes them; the signature is
+        inferred from it and the model's output. The pip requirements are given (``model_requirements``), not
+        inferred. A model whose files could not all be written is deleted, files and entity.
         """
-        import torch
-        from mlflow.models import Model
+        import mlflow.pytorch
 
+        self._wait_warm_up()
         model = model.cpu().eval()
-        template = self._model_template(model, input_example)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / MODEL_PATH
-            for name, content in template.files.items():
-                (path / name).parent.mkdir(parents=True, exist_ok=True)
-                (path / name).write_bytes(content)
-            torch.save(model, path / "data" / "model.pth", pickle_module=_mlflow_pytorch().pickle_module)
-            meta = Model.from_dict(template.meta)
-            meta.model_uuid = uuid.uuid4().hex
-            meta.utc_time_created = str(datetime.datetime.now(datetime.UTC).replace(tzinfo=None))
-            meta.model_size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            meta.save(path / "MLmodel")
-            self._write_artifacts(run_id, path, MODEL_PATH)
-        meta.run_id, meta.artifact_path = run_id, MODEL_PATH
-        return {MLFLOW_LOGGED_MODELS: json.dumps([meta.get_tags_dict()])}
+        # log_model's LoggedModel goes to the fluent API's experiment; only the recording thread calls it
+        mlflow.set_tracking_uri(self.uri)
+        if self._model_experiment != experiment_id:
+            mlflow.set_experiment(experiment_id=experiment_id)
+            self._model_experiment = experiment_id
+        shape = (tuple(list(model.parameters())[-1].shape), input_example.shape)  # ffnn's nets end in a Linear
+        if shape not in self._signatures:
+            self._signatures[shape] = _signature(model, input_example)
+        try:
+            info = mlflow.pytorch.log_model(model, name=MODEL_PATH, signature=self._signatures[shape],
+                                            input_example=input_example, pip_requirements=model_requirements(),
+                                            serialization_format="pickle", step=step,
+                                            run_id=run_id)  # Model.log's run_id: the run need not be active
+        except BaseException as e:
+            self._delete_unfinished_models(experiment_id, run_id)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise no_space(f"the model of run {run_id} in {self.uri}") from e
+            raise
+        return info.model_id
 
-    def prepare_model_template(self, model: torch.nn.Module, input_example: np.ndarray) -> None:
-        """Start making ``log_torch_model``'s template for models like ``model`` in a thread, so that the
-        first ``save_model`` of a process (importing ``mlflow.pytorch`` first) passes while the first
-        stack trains."""
-        threading.Thread(target=self._model_template, args=(model, input_example), daemon=True,
-                         name="ffnn-model-template").start()
+    def _delete_unfinished_models(self, experiment_id: str, run_id: str) -> None:
+        """The run's LoggedModels that are not READY (a save that failed halfway), files first."""
+        with contextlib.suppress(Exception):
+            for m in self.client.search_logged_models(experiment_ids=[experiment_id],
+                                                      filter_string=f"source_run_id = '{run_id}'"):
+                if m.status != LoggedModelStatus.READY:
+                    with contextlib.suppress(Exception):
+                        get_artifact_repository(m.artifact_location, tracking_uri=self.uri).delete_artifacts()
+                    self.client.delete_logged_model(m.model_id)
 
-    def _model_template(self, model: torch.nn.Module, input_example: np.ndarray) -> ModelTemplate:
-        """What every saved model with this output shape shares, from one ``mlflow.pytorch.save_model``."""
-        out_shape = tuple(list(model.parameters())[-1].shape)  # ffnn's nets end in a Linear: its bias
-        key = (out_shape, input_example.shape, hashlib.sha256(input_example.tobytes()).hexdigest())
-        with self._template_lock:  # one being made in prepare_model_template's thread is waited for
-            if key not in self._model_templates:
-                self._model_templates[key] = _save_template(model, input_example)
-            return self._model_templates[key]
+    def model_id(self, run_id: str) -> str | None:
+        """The LoggedModel the run logged (its last), or None."""
+        outputs = self.client.get_run(run_id).outputs
+        found = [m.model_id for m in outputs.model_outputs] if outputs is not None else []
+        return found[-1] if found else None
+
+    def prepare_model_logging(self, model: torch.nn.Module, input_example: np.ndarray) -> None:
+        """Start ``_warm_up`` in a thread; the first ``log_torch_model`` waits for it."""
+        self._warming = threading.Thread(target=_warm_up, args=(model.cpu().eval(), input_example), daemon=True,
+                                         name="ffnn-model-warm-up")
+        self._warming.start()
+
+    def _wait_warm_up(self) -> None:
+        warming, self._warming = self._warming, None
+        if warming is not None:
+            warming.join()
 
     def register_model(self, name: str, run_id: str, alias: str = BEST_ALIAS, description: str = "") -> int:
         """Register the run's ``model/`` as a new version of ``name`` and point ``alias`` at it; returns the version.
@@ -215,10 +176,13 @@ class ModelStore:
         except MlflowException:
             with contextlib.suppress(MlflowException):  # created meanwhile by a concurrent process
                 self.client.create_registered_model(name, description=description or None)
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_PATH}"
+        model_id = self.model_id(run_id)
+        if model_id is None:
+            raise TrackingError(f"run {run_id} has no logged model to register")
         mine = [v for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")]
         version = (max(int(v.version) for v in mine) if mine else
-                   int(self.client.create_model_version(name, source, run_id=run_id, description=description or None,
+                   int(self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
+                                                        description=description or None, model_id=model_id,
                                                         tags={"ffnn.run_id": run_id}).version))
         self.client.set_registered_model_alias(name, alias, str(version))
         return version

@@ -44,15 +44,13 @@ def local_path(uri: str) -> str | None:
     return parsed.path if parsed.scheme in ("", "file") else None
 
 
-def sqlite_wal(dbapi_connection, _record) -> None:
-    """SQLite stores run in WAL mode with synchronous=NORMAL: a commit no longer waits for an fsync
-    (half the cost of a run's writes), readers (the UI) never block the writer, and a crashed process
-    loses nothing it committed; only a power cut can undo the last commits, never corrupt the store."""
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
+def use_wal(db: Path) -> None:
+    """Put a SQLite store in WAL mode, which the file keeps for every later connection: readers (the UI, the
+    dashboard) never block the writer, and a crashed process loses nothing it committed. Set on the file, once,
+    with the standard library: no engine of this process (MLflow's, Optuna's) is touched."""
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+        if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            con.execute("PRAGMA journal_mode=WAL")
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"

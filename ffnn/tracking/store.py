@@ -13,18 +13,18 @@ from typing import Any, Literal, overload
 
 import mlflow
 import pandas as pd
-import sqlalchemy
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from ..errors import TrackingError, fault_line, no_space
 from .claims import Claims
-from .models import ModelStore, ModelTemplate
+from .models import ModelStore
 from .owners import Heartbeat, git_commit, heartbeat_interval, owner
 from .schema import BATCH, EXPERIMENT_KIND, MODEL_TRAINING, TAG_HEARTBEAT, TAG_OWNER, now_ms
-from .sqlite import SpaceReserve, artifact_root, check_sqlite_file, init_lock, resolve_uri, sqlite_path, sqlite_wal
+from .sqlite import SpaceReserve, artifact_root, check_sqlite_file, init_lock, resolve_uri, sqlite_path, use_wal
 from .system_metrics import SystemMetrics
 from .translate import HTTP_DEFAULTS, credentials_refused, probe_server, writes_finish_before_interrupts
 
@@ -40,8 +40,9 @@ class Tracker(ModelStore, Claims):
     monitors: dict[str, SystemMetrics] = field(default_factory=dict, repr=False)  # run id -> its sampler
     _heartbeat: Heartbeat | None = None
     _gone: str | None = None  # why the server is lost, once it is
-    _model_templates: dict[tuple, ModelTemplate] = field(default_factory=dict, repr=False)
-    _template_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _signatures: dict[tuple, ModelSignature] = field(default_factory=dict, repr=False)  # by output, input shape
+    _model_experiment: str | None = None  # the fluent API's experiment, set for log_model
+    _warming: threading.Thread | None = field(default=None, repr=False)  # prepare_model_logging's thread
 
     @classmethod
     def open(cls, uri: str | None = None) -> Tracker:
@@ -55,8 +56,6 @@ class Tracker(ModelStore, Claims):
         if db is not None:
             check_sqlite_file(db)
             SpaceReserve.clear_dead(db)
-        if db is not None and not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", sqlite_wal):
-            sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", sqlite_wal)
         if uri.startswith(("http://", "https://")):
             for k, v in HTTP_DEFAULTS.items():
                 os.environ.setdefault(k, v)
@@ -69,6 +68,8 @@ class Tracker(ModelStore, Claims):
                 try:
                     client = MlflowClient(tracking_uri=uri)
                     client.search_experiments(max_results=1)
+                    if db is not None:
+                        use_wal(db)
                 except BaseException:
                     if new and db is not None:  # a store half-created (a full disk) is not left behind
                         for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):

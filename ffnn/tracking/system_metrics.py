@@ -6,15 +6,16 @@ import logging
 
 
 class SystemMetrics:
-    """MLflow's own ``SystemMetricsMonitor`` on one run: a thread samples CPU, memory, disk, network and
-    (with nvidia-ml-py and an NVIDIA GPU) GPU use every ``interval`` seconds and logs their mean over
-    ``samples`` samples as ``system/*`` metrics, through its own client, as the run's only other writer.
+    """MLflow's own ``SystemMetricsMonitor`` on one run, started and finished as ``mlflow.start_run(
+    log_system_metrics=True)`` does: a thread samples CPU, memory, disk, network and (with nvidia-ml-py and an
+    NVIDIA GPU) GPU use every ``interval`` seconds and logs the mean of each ``samples`` samples as ``system/*``
+    metrics, through its own client, as the run's only other writer.
 
-    ``stop`` (or leaving the ``with`` block) ends the thread and logs the samples taken since the last
-    point, so a short run gets at least one.
+    One sample a second, each logged: a comparison of a few seconds still gets its points (the monitor logs
+    nothing of a batch it has not completed).
     """
 
-    def __init__(self, uri: str, run_id: str, interval: float = 2.0, samples: int = 5):
+    def __init__(self, uri: str, run_id: str, interval: float = 1.0, samples: int = 1):
         self.monitor = None
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -27,18 +28,11 @@ class SystemMetrics:
 
     def stop(self) -> None:
         monitor, self.monitor = self.monitor, None
-        if monitor is None:
-            return
-        monitor.finish()  # sets the thread's stop event and joins it
-        leftover = {k: v for k, v in monitor.aggregate_metrics().items() if v == v}
-        if leftover:
-            monitor.publish_metrics(leftover)
-            monitor.mlflow_logger.flush()
+        if monitor is not None:
+            monitor.finish()  # sets the thread's stop event, joins it and flushes what it queued
 
     def __enter__(self) -> SystemMetrics:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from ..config import TuneConfig
 from ..errors import UserError
-from ..tracking import TAG_FAILURE, TAG_KIND, Run, Tracker, heartbeat_grace, heartbeat_interval, pid_alive
+from ..tracking import TAG_FAILURE, TAG_KIND, Run, Tracker, heartbeat_grace, heartbeat_interval, pid_alive, use_wal
 
 TAG_STUDY = "ffnn.study"  # the Optuna study name, on the study's parent run and on every trial run
 # the trial's number, set when its run is created (in the same write): a process killed before the run's
@@ -75,13 +75,19 @@ def open_storage(url: str, on_stale: OnStale | None = None) -> optuna.storages.B
         rdb = partial(rdb, engine_kwargs={"connect_args": {"timeout": 60}})
         for attempt in range(2):
             try:
-                return rdb()
+                return _sqlite_rdb(rdb, url)
             except Exception:
                 time.sleep(1 + attempt)  # another process was creating the schema at this instant
-        return rdb()  # the third try: its error is the caller's
+        return _sqlite_rdb(rdb, url)  # the third try: its error is the caller's
     except Exception as e:  # driver and connection errors come as many types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise StorageError(f"Optuna storage {storage_label(url)!r} is unusable: {first}") from None
+
+
+def _sqlite_rdb(rdb: Callable[[], optuna.storages.RDBStorage], url: str) -> optuna.storages.RDBStorage:
+    storage = rdb()
+    use_wal(Path(url[len("sqlite:///"):]))  # the dashboard reads while trials are written
+    return storage
 
 
 class StaleTrials:
