@@ -32,15 +32,24 @@ from .events import Listener, Note, Planned, Trained, ignore
 from .memory import fit, human
 from .models import build_model, count_params
 from .tracking import (
+    CHILD_RUNS,
+    TAG_DATASET_SHA,
+    TAG_DEVICE_NAME,
+    TAG_ENGINE,
     TAG_FAILURE,
     TAG_FAILURE_STEP,
     TAG_KEY,
     TAG_KIND,
+    TAG_STACK_INDEPENDENT,
+    TAG_STACK_SIZE,
     TAG_TEST_CORRECT,
+    TAG_TORCH,
     Tracker,
     TrackingError,
+    child_key,
+    child_params,
+    child_tags,
     heartbeat_interval,
-    run_key,
 )
 from .train import DivergenceRule
 from .train.jobs import Job, JobResult, StackJob, run_stack
@@ -115,17 +124,7 @@ def memory_caps(cfg: CompareConfig, ctx: Context, todo: list[Job], available: in
 
 # ---------------------------------------------------------------- the parent
 def key_of(job: Job, dataset: str) -> str:
-    c = job.cfg
-    return run_key({"model": job.model, "hidden": list(job.spec.hidden), "activation": job.spec.activation_name,
-                    "lr": c.lr, "batch_size": c.batch_size, "iters": c.iters, "eval_every": c.eval_every,
-                    "seed": c.seed, "dataset": dataset})
-
-
-def run_params(job: Job, dataset: str, device: str) -> dict[str, object]:
-    c = job.cfg
-    return {"model": job.model, "activation": job.spec.activation_name, "hidden_sizes": job.spec.hidden_str,
-            "lr": c.lr, "batch_size": c.batch_size, "iters": c.iters, "eval_every": c.eval_every,
-            "seed": c.seed, "dataset": dataset, "device": device, "n_params": count_params(job.spec)}
+    return child_key(job.model, job.spec, job.cfg, dataset)
 
 
 def compare(cfg: CompareConfig, ctx: Context, on_event: Listener = ignore) -> tuple[list[RunRow], str]:
@@ -162,10 +161,9 @@ class _Comparison:
         # the device's name comes with the results, from the process that trained them: asking for a GPU's
         # name here would set up CUDA in this process, which only writes to MLflow (seconds, and GPU memory)
         self.device_names: set[str] = set()
-        self.common_tags = {"ffnn.torch_version": torch.__version__,
-                            "ffnn.dataset_sha256": ctx.dataset.digest,
+        self.common_tags = {TAG_TORCH: torch.__version__, TAG_DATASET_SHA: ctx.dataset.digest,
                             # cuBLAS may pick other kernels for other stack sizes; the CPU path does not
-                            "ffnn.stack_independent": str(ctx.device.type == "cpu").lower()}
+                            TAG_STACK_INDEPENDENT: str(ctx.device.type == "cpu").lower()}
 
     def train(self, todo: list[Job]) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -210,7 +208,7 @@ class _Comparison:
             self.tracker.log_values(self.parent, {"wall_seconds": time.perf_counter() - start,
                                                   "tracking_seconds": self.tracker.store_seconds - store_before,
                                                   "runs_trained": len(todo)})
-            self.tracker.end_run(self.parent, "FINISHED", tags={"ffnn.device_name": ", ".join(
+            self.tracker.end_run(self.parent, "FINISHED", tags={TAG_DEVICE_NAME: ", ".join(
                 sorted(self.device_names))} if self.device_names else None)
         except BaseException as e:
             interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
@@ -259,10 +257,9 @@ class _Comparison:
                 # params go with the metrics when the run ends: one store write fewer per run
                 run_id = self.tracker.start_run(
                     self.exp_id, f"{job.model} seed={seed}", {},
-                    tags={TAG_KIND: "run", TAG_KEY: key, "ffnn.model": job.model, "ffnn.spec": job.spec.describe(),
-                          **self.common_tags},
+                    tags={**child_tags(job.model, job.spec, key), **self.common_tags},
                     parent_id=self.parent)
-                self.open_runs[run_id] = run_params(job, cfg.dataset, ctx.device.type)
+                self.open_runs[run_id] = child_params(job.model, job.spec, job.cfg, cfg.dataset, ctx.device.type)
                 created[key] = (seed, run_id)
             won = self.tracker.claim_many(self.exp_id, {key: run_id for key, (_, run_id) in created.items()})
             seeds = []
@@ -319,9 +316,9 @@ class _Comparison:
 def _record(tracker: Tracker, exp_id: str, run_id: str, r: JobResult, params: dict, example: np.ndarray) -> None:
     """A seed's params, metrics and tags (one write), then its network (linked to the final metrics), then its
     end."""
-    tags = {"ffnn.engine": r.engine, "ffnn.stack_size": str(r.stack_size)} if r.engine else {}
+    tags = {TAG_ENGINE: r.engine, TAG_STACK_SIZE: str(r.stack_size)} if r.engine else {}
     if r.device_name:
-        tags["ffnn.device_name"] = r.device_name
+        tags[TAG_DEVICE_NAME] = r.device_name
     series = {"train_loss": r.losses, "test_accuracy": r.history}
     if r.error is None:
         # a test set of more than about 47,000 images does not fit a tag: then the run goes without it
@@ -354,7 +351,7 @@ def _rows(tracker: Tracker, exp_id: str, jobs: list[Job], dataset: str) -> list[
     """The latest run of each job in the store (FINISHED preferred)."""
     wanted = {key_of(j, dataset): j for j in jobs}
     best: dict[str, RunRow] = {}
-    for r in tracker.search(exp_id, f"tags.`{TAG_KIND}` = 'run'"):
+    for r in tracker.search(exp_id, CHILD_RUNS):
         key = r.data.tags.get(TAG_KEY)
         if key not in wanted:
             continue

@@ -23,8 +23,8 @@ from .context import Context
 from .errors import UserError
 from .events import Listener, Note, ignore
 from .report.build import ReportConfig, analyse, design_from_tag, design_tag
+from .report.io import read_runs
 from .report.plan import default_family
-from .report.runs import tidy_runs
 from .report.sequential import Design
 from .tracking import TAG_SEQUENTIAL, Tracker
 
@@ -68,8 +68,7 @@ def _compare_round(cfg: CompareConfig, seeds: int, ctx: Context, on_event: Liste
 def decide_look(tracker: Tracker, experiment_id: str, cfg: CompareConfig, design: Design, seeds: int
                 ) -> tuple[str | None, pd.DataFrame]:
     """The default family's comparisons on seeds 0..seeds-1 of ``cfg.models``, at this look."""
-    frame = tracker.runs_frame([experiment_id])
-    runs = tidy_runs(frame)
+    runs = read_runs(tracker, [experiment_id])
     runs = runs[runs["model"].isin(cfg.models) & (runs["seed"] < seeds)]
     table = analyse(runs, ReportConfig(experiments=(cfg.experiment,), models=()), design).table
     family = default_family(table["family"])

@@ -4,10 +4,11 @@ stats.py (pure statistics: tests, Holm, the five verdicts, power), sequential.py
 confidence sequences: --until-decided and grown experiments), scope.py (the new-images standard error),
 runs.py (MLflow's frame -> runs and outcomes), plan.py (families of comparisons), verdicts.py (both
 scopes' verdicts of every family), looks.py (the looks reports took), build.py (the Report), plots.py,
-export.py.
+export.py: all pure. io.py alone reads and writes the store.
 """
 
-from .build import FORMATS, Analysis, Report, ReportConfig, analyse, build_report_config, make_report
+from .build import FORMATS, Analysis, Report, ReportConfig, analyse, build_report_config
+from .io import make_report
 from .plan import Step, plan
 from .runs import ModelInfo, ReportError, Selection, select_runs, tidy_runs
 from .sequential import Design

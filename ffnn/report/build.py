@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..tracking import RUN_COLUMNS, TAG_LOOKS, TAG_SEQUENTIAL, Tracker
 from .capacity import Capacity, analyse_capacity
-from .looks import add_look, grown_steps, parse_looks
+from .looks import grown_steps
 from .plan import plan
-from .runs import TRAIN_FIELDS, ReportError, Selection, select_runs, summarise, tidy_runs, typical_std
+from .runs import TRAIN_FIELDS, ReportError, Selection, select_runs, summarise, typical_std
 from .sequential import METHOD_NAME, Design
 from .spending import METHOD_NAME as SPENDING_NAME
 from .stats import MIN_SEEDS, binomial_se
@@ -224,28 +223,6 @@ def answer_text(r, margin: float, alpha: float = 0.05) -> str:
     return f"{r.a} -> {r.b} ({r.change}): {say}."
 
 
-def open_experiments(tracker: Tracker, names: Sequence[str]) -> list[str]:
-    """Experiment ids; an unknown name is an error that lists the experiments that exist."""
-    ids = []
-    for name in names:
-        exp_id = tracker.experiment_id(name, create=False)
-        if exp_id is None:
-            existing = [e for e in tracker.experiment_names() if e != "Default"]
-            have = f"existing: {', '.join(existing)}" if existing else "there are none yet; run `ffnn compare`"
-            raise ReportError(f"--experiment: no experiment {name!r} at {tracker.uri}; {have}")
-        ids.append(exp_id)
-    return ids
-
-
-def sequential_design(tracker: Tracker, exp_ids: Sequence[str]) -> Design | None:
-    """The --until-decided design recorded on the experiments; pooled experiments must agree."""
-    tags = {design_from_tag(tracker.experiment_tags(e).get(TAG_SEQUENTIAL)) for e in exp_ids}
-    if len(tags) > 1:
-        raise ReportError("--experiment: the experiments were run with different --until-decided designs; "
-                          "report on them one at a time")
-    return tags.pop()
-
-
 @dataclass
 class Analysis:
     sel: Selection
@@ -273,31 +250,10 @@ def analyse(runs: pd.DataFrame, cfg: ReportConfig, design: Design | None = None,
     return Analysis(sel, summary, table, alpha, margin, grown, seeds)
 
 
-def record_look(tracker: Tracker, exp_ids: Sequence[str], result: Analysis) -> None:
-    """Append this look to each experiment's ``TAG_LOOKS`` (nothing when it saw what the last one saw)."""
-    for exp_id in exp_ids:
-        text = add_look(parse_looks(tracker.experiment_tags(exp_id).get(TAG_LOOKS)), result.seeds, result.alpha,
-                        result.margin)
-        if text is not None:
-            tracker.set_experiment_tags(exp_id, {TAG_LOOKS: text})
-
-
-def make_report(cfg: ReportConfig, tracking_uri: str | None = None) -> Report:
-    """Read, compute, plot, write the files and log them on the latest comparison parent run."""
-    from .export import write_files
-    from .plots import CAPACITY_MAP, capacity_map, histories, render_plots
-
-    tracker = Tracker.open(tracking_uri)
-    exp_ids = open_experiments(tracker, cfg.experiments)
-    frame = tracker.runs_frame(exp_ids)
-    runs = tidy_runs(frame) if len(frame) else pd.DataFrame()
-    where = ", ".join(repr(e) for e in cfg.experiments)
-    if runs.empty:
-        raise ReportError(f"experiment {where} has no model runs; run `ffnn compare` first")
-    design = sequential_design(tracker, exp_ids)
-    looks = [x for e in exp_ids for x in parse_looks(tracker.experiment_tags(e).get(TAG_LOOKS))]
-    result = analyse(runs, cfg, design, looks)
+def assemble(cfg: ReportConfig, uri: str, result: Analysis, design: Design | None, n_test: int | None) -> Report:
+    """The Report of an analysis: its notes, and the spread a seed and a test set would give; no I/O."""
     sel, summary, table, alpha, margin = result.sel, result.summary, result.table, result.alpha, result.margin
+    where = ", ".join(repr(e) for e in cfg.experiments)
     if sel.kept.empty:
         s = summary
         raise ReportError(f"experiment {where}: no finished runs to report on "
@@ -317,37 +273,8 @@ def make_report(cfg: ReportConfig, tracking_uri: str | None = None) -> Report:
     if len(table) and table["reason"].astype(bool).all():
         notes.append(f"no verdict is possible below {MIN_SEEDS} seeds per model, the fewest the rule needs "
                      f"(see Method): add seeds with `ffnn compare --seeds {MIN_SEEDS}` or more")
-    try:
-        record_look(tracker, exp_ids, result)
-    except Exception as e:  # a read-only or lost store must not hide the report
-        notes.append(f"could not record this look on the experiment: {e}".splitlines()[0])
-    datasets = set(summary["dataset"])
-    n_test = None
-    if len(datasets) == 1:
-        n_test = tracker.dataset_profile(str(sel.kept["run_id"].iloc[-1])).get("num_test") or \
-            N_TEST.get(next(iter(datasets)))
     mean_acc = float(sel.kept["accuracy"].mean())
-    report = Report(cfg, tracker.uri, summary, table, notes, len(sel.kept), cfg.out_dir, design, alpha, margin,
-                    typical_std(sel), binomial_se(mean_acc, n_test) if n_test else math.nan, n_test,
-                    grown=result.grown, capacity=analyse_capacity(sel, summary, table, alpha, margin, n_test,
-                                                                  cfg.confidence))
-    figures = {}
-    if {"png", "html"} & set(cfg.formats):
-        figures = render_plots(sel, histories(tracker, sel.kept), summary, cfg.confidence, table, margin)
-        heatmap = capacity_map(report.capacity.cells) if report.capacity else None
-        if heatmap is not None:
-            figures[CAPACITY_MAP] = heatmap
-    report.files = write_files(report, figures)
-
-    kind = frame[RUN_COLUMNS["kind"]] if RUN_COLUMNS["kind"] in frame.columns else pd.Series("", index=frame.index)
-    parents = frame[kind == "comparison"].sort_values("start_time")
-    if parents.empty:
-        report.notes.append("no comparison parent run in the experiment: files not logged to MLflow")
-    elif report.files:
-        report.parent_run_id = str(parents["run_id"].iloc[-1])
-        try:
-            tracker.log_paths(report.parent_run_id, report.files, "report")
-        except Exception as e:  # the files are written; a store problem must not hide them
-            report.notes.append(f"could not log the files to run {report.parent_run_id}: {e}".splitlines()[0])
-            report.parent_run_id = None
-    return report
+    return Report(cfg, uri, summary, table, notes, len(sel.kept), cfg.out_dir, design, alpha, margin,
+                  typical_std(sel), binomial_se(mean_acc, n_test) if n_test else math.nan, n_test,
+                  grown=result.grown, capacity=analyse_capacity(sel, summary, table, alpha, margin, n_test,
+                                                                cfg.confidence))

@@ -14,7 +14,6 @@ import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, no display; PNGs go through Agg
 from scipy import stats
 
-from ..tracking import Tracker
 from .runs import Selection
 
 PLOTS = {"comparisons.png": "Each comparison's difference: the interval that decides it on this test set (thick) "
@@ -28,19 +27,6 @@ VERDICT_COLORS = {"helped": "#1a9850", "hurt": "#d73027", "negligible": "#7b3294
                   "undecided": "#999999"}
 CAPACITY_MAP = "capacity_map.png"
 LOSS_SMOOTHING = 200  # steps per rolling mean of the logged train_loss points
-
-
-def histories(tracker: Tracker, kept: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """``test_accuracy`` and ``train_loss`` histories: columns model, seed, step (iteration), value."""
-    out = {}
-    for key in ("test_accuracy", "train_loss"):
-        parts = []
-        for r in kept.itertuples():
-            h = tracker.metric_history(r.run_id, key)
-            parts.append(h.assign(model=r.model, seed=r.seed))
-        out[key] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-            columns=["step", "value", "model", "seed"])
-    return out
 
 
 def band(curves: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:

@@ -12,7 +12,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from .owners import heartbeat_grace, owner, pid_alive
-from .schema import TAG_FAILURE, TAG_HEARTBEAT, TAG_KEY, TAG_KIND, TAG_OWNER, now_ms
+from .schema import (
+    FINISHED_CHILD_RUNS,
+    LIVE_CHILD_RUNS,
+    RUNNING_RUNS,
+    TAG_FAILURE,
+    TAG_HEARTBEAT,
+    TAG_KEY,
+    TAG_OWNER,
+    now_ms,
+    runs_with_ids,
+)
 from .translate import is_unreachable, writes_finish_before_interrupts
 
 
@@ -27,7 +37,7 @@ class Claims:
 
     def finished_keys(self, experiment_id: str) -> set[str]:
         """``run_key`` tags of FINISHED child runs in the experiment."""
-        runs = self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' and attributes.status = 'FINISHED'")
+        runs = self.search(experiment_id, FINISHED_CHILD_RUNS)
         return {key for r in runs if (key := r.data.tags.get(TAG_KEY)) is not None}
 
     def claim_many(self, experiment_id: str, mine: dict[str, str]) -> set[str]:
@@ -61,8 +71,7 @@ class Claims:
         """``run_id -> status`` of the given runs of the experiment, in one search per 100."""
         ids, out = list(run_ids), {}
         for i in range(0, len(ids), 100):
-            quoted = ", ".join(f"'{r}'" for r in ids[i:i + 100])
-            for r in self.search(experiment_id, f"attributes.run_id IN ({quoted})"):
+            for r in self.search(experiment_id, runs_with_ids(ids[i:i + 100])):
                 out[r.info.run_id] = r.info.status
         return out
 
@@ -77,8 +86,7 @@ class Claims:
 
     def _unfailed_runs(self, experiment_id: str) -> list[Run]:
         """The experiment's child runs that are FINISHED or still RUNNING."""
-        return self.search(experiment_id, f"tags.`{TAG_KIND}` = 'run' and attributes.status != 'FAILED' "
-                                          f"and attributes.status != 'KILLED'")
+        return self.search(experiment_id, LIVE_CHILD_RUNS)
 
     def fail_orphans(self, experiment_id: str) -> int:
         """Mark RUNNING runs whose owner is dead as FAILED, with the reason; return how many.
@@ -89,7 +97,7 @@ class Claims:
         """
         n = 0
         beats: dict[str, int | None] = {}
-        for r in self.search(experiment_id, "attributes.status = 'RUNNING'"):
+        for r in self.search(experiment_id, RUNNING_RUNS):
             reason = self._death(r, beats)
             if reason:
                 self.end_run(r.info.run_id, "FAILED", {TAG_FAILURE: reason})

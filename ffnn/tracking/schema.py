@@ -7,7 +7,11 @@ import hashlib
 import json
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..models import ModelSpec
+    from ..train import TrainConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TAG_KIND = "ffnn.kind"  # "comparison" (parent), "run" (child), "study", "trial"
@@ -24,6 +28,17 @@ TAG_LOOKS = "ffnn.report_looks"  # experiment tag: JSON list of the looks `ffnn 
 # which test images a FINISHED child run's final network classified right, "N:base64(packbits)" (ffnn/bits.py);
 # absent when the test set is too large for a tag (bits.MAX_TAG_CHARS)
 TAG_TEST_CORRECT = "ffnn.test_correct"
+TAG_MODEL, TAG_SPEC = "ffnn.model", "ffnn.spec"  # a run's model name (C, C*, w100d2) and its architecture
+TAG_ENGINE, TAG_STACK_SIZE = "ffnn.engine", "ffnn.stack_size"  # how a child run trained: "stacked-cpu", S seeds
+TAG_DEVICE_NAME = "ffnn.device_name"  # what trained it, as the training process saw it
+TAG_TORCH, TAG_DATASET_SHA = "ffnn.torch_version", "ffnn.dataset_sha256"
+TAG_STACK_INDEPENDENT = "ffnn.stack_independent"  # "true" where a seed's numbers do not depend on its stack
+TAG_GIT = "ffnn.git_commit"
+TAG_STUDY = "ffnn.study"  # the Optuna study name, on the study's parent run and on every trial run
+# the Optuna trial number, on a trial run from its creation: a process killed before it logged the run's params
+# leaves a run still found as that trial's
+TAG_TRIAL = "ffnn.trial_number"
+TAG_STATE = "ffnn.trial_state"  # COMPLETE, PRUNED or FAIL (Optuna's names); RUNNING meanwhile
 # `runs_frame` column of each field a report reads from a child run (mlflow.search_runs names).
 RUN_COLUMNS = {"run_id": "run_id", "experiment_id": "experiment_id", "status": "status", "start_time": "start_time",
                "kind": f"tags.{TAG_KIND}", "model": "params.model", "model_tag": "tags.ffnn.model",
@@ -58,3 +73,45 @@ def registry_name(experiment: str, model: str) -> str:
     return re.sub(r"[/:]", "_", f"{experiment}-{model.replace('*', '-tuned')}")
 
 
+
+
+# ---------------------------------------------------------------- what a run is, from the resolved config
+def key_values(model: str, spec: ModelSpec, train: TrainConfig, dataset: str) -> dict[str, Any]:
+    """Everything that determines a child run's result (its seed included): what ``run_key`` hashes."""
+    return {"model": model, "hidden": list(spec.hidden), "activation": spec.activation_name, "lr": train.lr,
+            "batch_size": train.batch_size, "iters": train.iters, "eval_every": train.eval_every,
+            "seed": train.seed, "dataset": dataset}
+
+
+def child_key(model: str, spec: ModelSpec, train: TrainConfig, dataset: str) -> str:
+    return run_key(key_values(model, spec, train, dataset))
+
+
+def child_params(model: str, spec: ModelSpec, train: TrainConfig, dataset: str, device: str) -> dict[str, Any]:
+    """A child run's params: its recipe as trained (``TrainConfig``, seed included), its architecture, data and
+    device; the report reads them back (``RUN_COLUMNS``)."""
+    from ..models import count_params
+    return {"model": model, "activation": spec.activation_name, "hidden_sizes": spec.hidden_str,
+            **train.as_dict(), "dataset": dataset, "device": device, "n_params": count_params(spec)}
+
+
+def child_tags(model: str, spec: ModelSpec, key: str) -> dict[str, str]:
+    return {TAG_KIND: "run", TAG_KEY: key, TAG_MODEL: model, TAG_SPEC: spec.describe()}
+
+
+# ---------------------------------------------------------------- filters (MLflow's search syntax)
+CHILD_RUNS = f"tags.`{TAG_KIND}` = 'run'"
+FINISHED_CHILD_RUNS = f"{CHILD_RUNS} and attributes.status = 'FINISHED'"
+LIVE_CHILD_RUNS = f"{CHILD_RUNS} and attributes.status != 'FAILED' and attributes.status != 'KILLED'"
+RUNNING_RUNS = "attributes.status = 'RUNNING'"
+
+
+def trial_runs(study_name: str, status: str | None = None) -> str:
+    """The trial runs of one Optuna study (with ``status``: only those)."""
+    where = f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_STUDY}` = '{study_name}'"
+    return where + (f" and attributes.status = '{status}'" if status else "")
+
+
+def runs_with_ids(run_ids: list[str]) -> str:
+    quoted = ", ".join(f"'{r}'" for r in run_ids)
+    return f"attributes.run_id IN ({quoted})"
