@@ -17,18 +17,15 @@ refuses to run as root, so as root it runs as the ``postgres`` system user.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import pwd
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
@@ -36,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .tracking.server import WILDCARDS, free_port, kill_group, port_in_use, spawn, wait_until_up
 
 PG_BIN = Path(os.environ.get("FFNN_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_HOME = Path("/var/lib/postgresql/ffnn")  # as root, for folders the postgres user cannot reach
@@ -59,17 +57,6 @@ class State:
     port: int  # MLflow server
     pg_port: int
     mlflow_pid: int = 0  # process group leader of `mlflow server`
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host if host not in ("0.0.0.0", "::") else "", 0))
-        return s.getsockname()[1]
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)) == 0
 
 
 class Cluster:
@@ -202,7 +189,7 @@ class Cluster:
     def _start_pg(self, st: State) -> None:
         self._give_to_pg(self.pgrun)
         self._write_hba(st.network)
-        listen = "*" if st.host in ("0.0.0.0", "::") else st.host
+        listen = "*" if st.host in WILDCARDS else st.host
         opts = f"-c listen_addresses='{listen}' -p {st.pg_port} -c unix_socket_directories='{self.pgrun}'"
         out = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.pgrun / "postgresql.log"), "-o", opts)
         if out.returncode != 0:
@@ -241,21 +228,12 @@ class Cluster:
                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32)}
         for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             env.pop(k, None)
-        with open(self.mlflow_log, "a") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
-        url = f"http://127.0.0.1:{st.port}" if st.host in ("0.0.0.0", "::") else f"http://{_url_host(st.host)}:{st.port}"
-        deadline = time.time() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise ClusterError(f"mlflow server exited with status {proc.returncode}; see {self.mlflow_log}")
-            if request(url, "/api/2.0/mlflow/experiments/search?max_results=1", USER, mlflow_password) == 200:
-                return proc.pid
-            if time.time() > deadline:
-                _kill_group(proc.pid)
-                raise ClusterError(f"mlflow server did not answer on {url} within {START_TIMEOUT} s; "
-                                   f"see {self.mlflow_log}")
-            time.sleep(0.5)
+        proc = spawn(cmd, self.mlflow_log, env)
+        url = f"http://127.0.0.1:{st.port}" if st.host in WILDCARDS else f"http://{_url_host(st.host)}:{st.port}"
+        wait_until_up(proc, lambda: request(url, "/api/2.0/mlflow/experiments/search?max_results=1", USER,
+                                            mlflow_password) == 200,
+                      url, START_TIMEOUT, self.mlflow_log, ClusterError)
+        return proc.pid
 
     def _mlflow_running(self, st: State | None) -> bool:
         return bool(st and st.mlflow_pid and _is_mlflow(st.mlflow_pid))
@@ -280,17 +258,17 @@ class Cluster:
         if old and (self._mlflow_running(old) or self._pg_running()) \
                 and (host, port or old.port, pg_port or old.pg_port) != (old.host, old.port, old.pg_port):
             raise ClusterError("the cluster is running with other settings; ffnn cluster stop first")
-        advertise = advertise or (socket.getfqdn() if host in ("0.0.0.0", "::") else host)
+        advertise = advertise or (socket.getfqdn() if host in WILDCARDS else host)
         if network is None:
-            network = "127.0.0.1/32" if host in LOOPBACK else ("samenet" if host in ("0.0.0.0", "::") else f"{host}/32")
+            network = "127.0.0.1/32" if host in LOOPBACK else ("samenet" if host in WILDCARDS else f"{host}/32")
         st = State(host, advertise, network, port or (old.port if old else 0), pg_port or (old.pg_port if old else 0),
                    old.mlflow_pid if old else 0)
         pg_password = env.get("PGPASSWORD") or secrets.token_urlsafe(24)
         mlflow_password = env.get("MLFLOW_TRACKING_PASSWORD") or secrets.token_urlsafe(24)
 
         if not self._pg_running():
-            if not st.pg_port or _port_in_use(host, st.pg_port):
-                st.pg_port = _free_port(host) if not pg_port else _busy(pg_port, "PGPORT")
+            if not st.pg_port or port_in_use(host, st.pg_port):
+                st.pg_port = free_port(host) if not pg_port else _busy(pg_port, "PGPORT")
             if not self.pgdata.exists():
                 self._init_pg(pg_password, network)
             self._write_env(st, pg_password, mlflow_password)  # before anything runs: a failure keeps them
@@ -298,8 +276,8 @@ class Cluster:
             self._save(st)
         self._create_databases(st, pg_password)
         if not self._mlflow_running(st):
-            if not st.port or _port_in_use(host, st.port):
-                st.port = _free_port(host) if not port else _busy(port, "PORT")
+            if not st.port or port_in_use(host, st.port):
+                st.port = free_port(host) if not port else _busy(port, "PORT")
             self._write_env(st, pg_password, mlflow_password)
             st.mlflow_pid = self._start_mlflow(st, pg_password, mlflow_password)
         self._write_env(st, pg_password, mlflow_password)
@@ -311,7 +289,7 @@ class Cluster:
         st = self.state()
         stopped = []
         if st is not None and self._mlflow_running(st):
-            _kill_group(st.mlflow_pid)
+            kill_group(st.mlflow_pid)
             stopped.append("mlflow server")
         if self._pg_running():
             out = self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
@@ -357,26 +335,3 @@ def _is_mlflow(pid: int) -> bool:
         return b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-
-
-def _kill_group(pid: int, timeout: float = 20) -> None:
-    """SIGTERM the process group, SIGKILL what is left after ``timeout`` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                _reap(pid)
-                return
-            _reap(pid)
-            time.sleep(0.2)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # our own child (tests start it in-process): no zombie left
