@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-seed", type=int, default=None,
                    help="seeds the sampler: trial n draws with a seed from (N, n), so the same command on a fresh "
                         "study samples the same configurations (default: the file's, 0)")
+    p.add_argument("--studies", type=int, default=None,
+                   help="independent studies per family, each with its own sampler seed; with 3 or more the "
+                        "report's tuned verdicts speak of the architecture, not of one search's finds (default 1)")
     p.add_argument("--trial-seeds", type=int, default=None,
                    help="seeds per trial, trained in one stack; the objective is their mean validation accuracy "
                         "(default: the file's)")
@@ -369,7 +372,7 @@ def cmd_tune(args) -> int:
     overrides = {"models": args.model, "n_trials": args.n_trials, "timeout": args.timeout,
                  "storage": args.storage or os.environ.get("FFNN_OPTUNA_STORAGE"), "study_name": args.study_name,
                  "workers": args.workers, "sampler_seed": args.sampler_seed, "trial_seeds": args.trial_seeds,
-                 "trial_batch": args.trial_batch,
+                 "trial_batch": args.trial_batch, "studies": args.studies,
                  "sampler": args.sampler, "pruner": args.pruner, "experiment": args.experiment,
                  "device": args.device, "iters": args.iters, "final": args.final or None, "seeds": args.seeds,
                  "dataset": args.dataset}
@@ -383,8 +386,7 @@ def cmd_tune(args) -> int:
         print(f"\n{'model':<6} {'spec':<28} {'runs':>5} {'final test acc (%)':>20}")
         for name, rows in res.final.items():
             acc = [r.accuracy for r in rows if r.status == "FINISHED" and not math.isnan(r.accuracy)]
-            spec = next(s.best_spec for s in res.studies if s.model == name.rstrip("*")) if name.endswith("*") \
-                else None
+            spec = res.final_specs.get(name)
             print(f"{name:<6} {(spec.describe() if spec else 'tutorial'):<28} {len(acc):>5} {_fmt(acc):>20}")
         rows = [r for found in res.final.values() for r in found]
         if args.register:
