@@ -165,6 +165,10 @@ def test_equal_budget_means_the_same_trials_seeds_and_steps():
     assert budget_text("C*", "D*", ["C*"], ["D*"], {**same, "D*": replace(b, trial_seeds=3)}) == \
         (False, "unequal budgets: C* 6 trials (1 seed(s) x 1000 steps), D* 6 trials (3 seed(s) x 1000 steps)")
     assert budget_text("C*", "D*", ["C*"], ["D*"], {"C*": b})[0] is None
+    resumed = {**same, "C*": replace(b, trials=12), "D*s2": replace(b, trials=12)}  # study 1 ran again
+    assert budget_text("C*", "D*", ["C*", "C*s2"], ["D*", "D*s2"], resumed) == \
+        (True, "equal budgets on both sides: studies of 6/12 trials of 1000 steps")
+    assert budget_text("C*", "D*", ["C*", "C*s2"], ["D*", "D*s2"], {**resumed, "D*s2": b})[0] is False
     assert more_studies_minutes(["C*", "D*"], same, {"C*": 60.0, "D*": 60.0}) == pytest.approx(2 * 2 * 2.0)
     assert more_studies_minutes(["C*", "C*s2", "C*s3"], same, {}) == 0
 

@@ -276,7 +276,7 @@ def test_tune_toml_families_match_the_tutorial_models():
     cfg = build_tune_config(read_toml(Path(__file__).parents[1] / "experiments" / "tune.toml"), {})
     assert cfg.models == ("A", "B", "C", "D", "E") and cfg.n_trials == 30 and cfg.train.iters == 3000
     assert cfg.val_size == 10_000 and cfg.pruner == "median" and cfg.storage == "sqlite:///mlruns/optuna.db"
-    assert cfg.trial_seeds == 1 and cfg.trial_batch == 0 and cfg.sampler_seed == 0
+    assert cfg.trial_seeds == 1 and cfg.trial_batch == 0 and cfg.sampler_seed == 0 and cfg.studies == 1
     for name in cfg.models:
         family, spec = cfg.families[name], REGISTRY[name]
         assert (family.activation, family.depth) == (spec.activation, len(spec.hidden))

@@ -148,6 +148,11 @@ def budget_text(a: str, b: str, units_a: Sequence[str], units_b: Sequence[str],
         trials, seeds, iters = spent.pop()
         return True, (f"equal budgets: {trials} trials of {iters} steps" + (f", {seeds} seeds" if seeds > 1 else "")
                       + " per study")
+    xa, xb = (sorted(x.spent for x in xs) for xs in known.values())
+    if xa == xb:  # the same searches on both sides, some longer than others (a study resumed since)
+        return True, ("equal budgets on both sides: studies of " + "/".join(str(t) for t, _, _ in xa)
+                      + " trials" + ("" if len({x[1:] for x in xa}) > 1 else
+                                     f" of {xa[0][2]} steps" + (f", {xa[0][1]} seeds" if xa[0][1] > 1 else "")))
     per_trial = len({x.spent[1:] for xs in known.values() for x in xs}) > 1  # seeds or steps differ too
 
     def words(xs: list[Budget]) -> str:
