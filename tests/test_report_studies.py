@@ -122,17 +122,17 @@ def test_summary_csv_has_each_studys_budget_and_convergence_flag(store, tmp_path
     assert "Montgomery" in md and "Bouthillier" in md
 
 
-def test_one_study_compares_the_found_configurations_not_the_architecture(store, tmp_path):
+def test_one_study_compares_the_found_configurations_not_depth(store, tmp_path):
     rep = report(store, "one", tmp_path)
     row = rep.comparisons.set_index(["a", "b"]).loc[("C*", "D*")]
     assert row["reading"] == "configurations" and row["n_studies"] == 1 and row["paired"]
     assert row["verdict"] == "helped"  # seeds of these two configurations: a fact about them
     line = next(x for x in rep.verdict_lines() if x.startswith("C* -> D*"))
-    assert "the configurations one search found, not the architecture" in line
-    assert line.endswith("; a claim about the architecture needs `ffnn tune --studies 3` or more, about 24 min "
+    assert "(add a layer, each tuned: the configurations one search found, not depth)" in line
+    assert line.endswith("; a claim about depth needs `ffnn tune --studies 3` or more, about 24 min "
                          "more at the measured rate")
     answer = next(x for x in rep.answer_lines() if x.startswith("C* -> D*"))
-    assert "as one search each found them (equal budgets: 6 trials of 20 steps per study)" in answer
+    assert "as one search each found them (equal budgets: 6 trials of 20 steps per study), not depth: " in answer
     # two more studies of each, at what this one cost: 6 min of search and 3 x 2 s of retraining
     assert row["more_studies_minutes"] == pytest.approx(2 * 2 * (6 + 6 / 60))
     assert "`ffnn tune --studies 3` or more, about 24 min more at the measured rate" in answer

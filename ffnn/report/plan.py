@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from ..grid import is_cell
 from ..models import REGISTRY, parse_tuned
 from .runs import ModelInfo
-from .studies import tuned_groups
+from .studies import claim_of, tuned_groups
 
 CHAIN = (("LR", "A", "add a sigmoid hidden layer"), ("A", "B", "sigmoid -> tanh"), ("B", "C", "tanh -> relu"),
          ("C", "D", "add a layer"), ("D", "E", "add a layer"), ("LR", "C", "add a relu hidden layer"),
@@ -78,7 +78,7 @@ def plan(models: dict[str, ModelInfo]) -> list[Step]:
         k = f"{len(xs)}" if len(xs) == len(ys) else f"{len(xs)} and {len(ys)}"
         step = Step("tuned", xs[0], ys[0], "", tuple(xs), tuple(ys))
         steps.append(replace(step, change=f"{change}, each tuned, over {k} independent searches" if step.over_studies
-                             else f"{change}, each tuned: the configurations one search found, not the architecture"))
+                             else f"{change}, each tuned: the configurations one search found, not {claim_of(change)}"))
     return steps
 
 

@@ -81,6 +81,11 @@ def convergence(b: Budget, margin: float) -> str:
     return "; ".join(why)
 
 
+def claim_of(change: str) -> str:
+    """What a tuned step would be a claim about: ``claim_of("add a layer") == "depth"``, else the activation."""
+    return "depth" if "layer" in change else "the activation"
+
+
 def tuned_groups(names: Iterable[str]) -> dict[str, list[str]]:
     """Tuned models by family, studies in order: ``{"C": ["C*", "C*s2"]}`` from ``["C*s2", "C", "C*"]``."""
     groups: dict[str, list[tuple[int, str]]] = {}
@@ -199,12 +204,12 @@ def tuned_text(r: Any, answer: bool) -> str:
     if not answer:
         parts = [budget, *([f"may not have converged: {unconverged}"] if unconverged else [])]
         if reading == "configurations":
-            parts.append(f"a claim about the architecture needs {need}")
+            parts.append(f"a claim about {claim_of(r.change)} needs {need}")
         return "".join(f"; {p}" for p in parts if p)
     if reading == "configurations":
         text = (f" This compares {a} ({r.spec_a}) and {b} ({r.spec_b}) as one search each "
-                f"found them ({budget}), not the architectures: another search may find other configurations and "
-                f"reverse it; a claim about the architecture needs {need}.")
+                f"found them ({budget}), not {claim_of(r.change)}: another search may find other configurations "
+                f"and reverse it; a claim about {claim_of(r.change)} needs {need}.")
     else:
         text = f" The searches: {budget}."
     if not pd.isna(equal) and not equal:
