@@ -8,6 +8,7 @@ import statistics
 import subprocess
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from conftest import cli_command
@@ -329,14 +330,14 @@ def test_replicate_studies_have_their_own_names_sampler_seeds_and_one_parent_run
     tune-C-s2 with a seed of its own; both parent runs are children of the family's run; --final retrains
     each study's best as C* and C*s2, each run tagged with its study's budget."""
     uri, storage = stores
-    assert run_tune(tmp_path, stores, "--model", "C", "--n-trials", "3", "--workers", "1", "--studies", "2",
+    assert run_tune(tmp_path, stores, "--model", "C,D", "--n-trials", "3", "--workers", "1", "--studies", "2",
                     "--pruner", "none", "--sampler", "random", "--sampler-seed", "5", "--final", "--seeds", "2") == 0
     studies = [optuna.load_study(study_name=n, storage=storage) for n in ("tune-C", "tune-C-s2")]
     assert [s.user_attrs["ffnn_study"] for s in studies] == [{"index": 1, "sampler_seed": 5},
                                                              {"index": 2, "sampler_seed": search.study_seed(5, 2)}]
     assert [t.params for t in studies[0].trials] != [t.params for t in studies[1].trials]
     assert all(len(s.trials) == 3 and s.user_attrs["ffnn_wall_seconds"] > 0 for s in studies)
-    [family] = mlflow_runs(uri, "studies")
+    [family] = [r for r in mlflow_runs(uri, "studies") if r.data.tags["ffnn.model"] == "C"]
     assert family.info.status == "FINISHED" and family.data.tags["ffnn.studies"] == "2"
     for s, k in zip(studies, (1, 2)):
         parent, _ = check_consistent(s, uri)
@@ -352,11 +353,17 @@ def test_replicate_studies_have_their_own_names_sampler_seeds_and_one_parent_run
         assert budget["study"] == s.study_name and budget["trials"] == 3 and budget["best_trial"] == best.number
         assert budget["top"] == sorted((round(t.value, 4) for t in s.trials), reverse=True)
         assert by_model[name][0].data.params["hidden_sizes"] == str(best.params["n_units_l0"])
+    # the report at the end decides C* -> D* over the two searches of each, with their budgets
+    step = pd.read_csv(tmp_path / "reports" / "t-compare" / "comparisons.csv").set_index(["a", "b"]).loc[("C*", "D*")]
+    assert (step["reading"], step["n_studies"], step["n_a"], step["n_b"]) == ("architecture", 2, 2, 2)
+    assert step["budget"] == "equal budgets: 3 trials of 30 steps per study"
+    summary = pd.read_csv(tmp_path / "reports" / "t-compare" / "summary.csv").set_index("model")
+    assert summary.loc[["C*", "C*s2", "D*", "D*s2"], "trials"].tolist() == [3, 3, 3, 3]
     # run again with one study: study 1 and its parent run go on where they were
     assert run_tune(tmp_path, stores, "--model", "C", "--n-trials", "1", "--workers", "1", "--sampler", "random",
                     "--sampler-seed", "5") == 0
     assert len(optuna.load_study(study_name="tune-C", storage=storage).trials) == 4
-    assert len(mlflow_runs(uri, "study")) == 2
+    assert len(mlflow_runs(uri, "study")) == 4
 
 
 def test_study_seeds_differ_between_studies_and_study_one_keeps_the_seed():
