@@ -128,5 +128,5 @@ def print_final(res: TuneResult) -> None:
     print(f"\n{'model':<6} {'spec':<28} {'runs':>5} {'final test acc (%)':>20}")
     for name, rows in res.final.items():
         acc = [r.accuracy for r in rows if r.status == "FINISHED" and not math.isnan(r.accuracy)]
-        spec = next(s.best_spec for s in res.studies if s.model == name.rstrip("*")) if name.endswith("*") else None
+        spec = res.final_specs.get(name)
         print(f"{name:<6} {(spec.describe() if spec else 'tutorial'):<28} {len(acc):>5} {mean_sd(acc):>20}")

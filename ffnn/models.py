@@ -85,6 +85,25 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
+def tuned_name(family: str, study: int = 1) -> str:
+    """The model ``tune --final`` retrains from study ``study`` of ``family``: ``C*``, then ``C*s2``, ``C*s3``
+    (like the studies ``tune-C``, ``tune-C-s2``: study 1's name is the one from before replicate studies)."""
+    return f"{family}*" + (f"s{study}" if study > 1 else "")
+
+
+def parse_tuned(name: str) -> tuple[str, int] | None:
+    """(family, study) of a tuned model's name; None for an untuned one.
+
+    ``parse_tuned("C*") == ("C", 1)``; ``parse_tuned("C*s3") == ("C", 3)``; ``parse_tuned("C") is None``
+    """
+    base, star, rest = name.rpartition("*")
+    if not star or not base:
+        return None
+    if not rest:
+        return base, 1
+    return (base, int(rest[1:])) if rest[0] == "s" and rest[1:].isdigit() and int(rest[1:]) > 1 else None
+
+
 def parse_hidden(text: str) -> tuple[int, ...]:
     """``parse_hidden("100,100") == (100, 100)``; ``parse_hidden("") == ()``."""
     if not text.strip():

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import cli_command, tune_toml
 
-from ffnn.cluster import Cluster, _kill_group, request
+from ffnn.cluster import Cluster, request
+from ffnn.tracking.server import kill_group
 from ffnn.tune.storage import trial_number
 
 pytestmark = pytest.mark.cluster
@@ -251,7 +252,7 @@ def test_lost_tracking_server_ends_compare_with_one_line_and_a_rerun_finishes(cl
         if any(r.info.status == "FINISHED" for r in runs_of(client, "outage" + SUFFIX, "run")):
             break
         time.sleep(0.3)
-    _kill_group(cluster.state().mlflow_pid)  # the tracking server goes away mid-compare
+    kill_group(cluster.state().mlflow_pid)  # the tracking server goes away mid-compare
     start = time.time()
     _, err = proc.communicate(timeout=120)
     waited = time.time() - start

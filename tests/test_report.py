@@ -270,7 +270,7 @@ def test_tuned_models_do_not_change_the_tutorial_verdicts_and_failures_are_named
     assert c.loc[("C*", "D*"), "family"] == "tuned" and c.loc[("C*", "D*"), "verdict"] == "undecided"
     assert c.loc[("C*", "D*"), "fail_b"] == 2 and c.loc[("C*", "D*"), "n_a"] == 5
     line = next(x for x in everything.verdict_lines() if x.startswith("C* -> D*"))
-    assert "undecided" in line and line.endswith("D*: 2 of 5 seeds diverged (Fisher p 0.44)")
+    assert "undecided" in line and "; D*: 2 of 5 seeds diverged (Fisher p 0.44); " in line
     assert everything.summary.set_index("model").loc["D*", "n_diverged"] == 2
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from ffnn.report.sequential import Design, cs_multiplier
 from ffnn.report.spending import simulate
-from ffnn.report.stats import MIN_SEEDS, holm_verdicts, paired_pvalues
+from ffnn.report.stats import MIN_SEEDS, holm_verdicts, paired_pvalues, study_pvalues
 
 CHAIN = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 3), (1, 3)]  # LR->A, A->B, B->C, C->D, D->E, LR->C, A->C
 N_EXP = 2000
@@ -158,3 +158,35 @@ def test_large_effects_are_decided_at_the_first_look_and_holm_passes_alpha_on():
     alone = simulate(d[..., 6:], Design())[0]  # a family of one: the most alpha it can have
     together = (v[:, 6] != "undecided").mean()
     assert together == pytest.approx((alone[:, 0] != "undecided").mean(), abs=0.03) and together > 0.5
+
+
+def replicate_studies(rng, tau, sigma, studies=3, seeds=5, diff=0.0, n_exp=N_EXP):
+    """(experiments, studies, seeds) final accuracies of two architectures, each study one search: its found
+    configuration lies tau points off the architecture's mean (which search found what), its seeds sigma
+    around that; the architectures differ by ``diff``."""
+    def one(shift):
+        found = shift + tau * rng.standard_normal((n_exp, studies, 1))
+        return np.round(95 + found + sigma * rng.standard_normal((n_exp, studies, seeds)), 2)
+    return one(0.0), one(diff)
+
+
+def test_study_level_test_keeps_alpha_when_searches_differ_and_pooled_seeds_do_not():
+    """With a large search-to-search spread (tau 0.5 points, seeds 0.1), the Welch test on study means keeps
+    its false-positive rate at every number of studies; the same test on the pooled seeds, which takes 15
+    seeds of 3 searches for 15 independent draws, calls most null comparisons different."""
+    rng = np.random.default_rng(24)
+    for k in (2, 3, 5):
+        a, b = replicate_studies(rng, tau=0.5, sigma=0.1, studies=k)
+        p = study_pvalues(a.mean(-1), b.mean(-1), MARGIN)[3]
+        assert (p < ALPHA).mean() <= ALPHA + MC, k
+    a, b = replicate_studies(rng, tau=0.5, sigma=0.1, studies=3)
+    naive = study_pvalues(a.reshape(N_EXP, -1), b.reshape(N_EXP, -1), MARGIN)[3]
+    assert (naive < ALPHA).mean() > 0.3
+
+
+def test_study_level_test_decides_a_real_architecture_effect():
+    """Its power is real: a 1-point effect with searches 0.3 points apart is found at 5 studies."""
+    a, b = replicate_studies(np.random.default_rng(3), tau=0.3, sigma=0.1, studies=5, diff=1.0)
+    diff, se, df, p, p_tost = (v[:, None] for v in study_pvalues(a.mean(-1), b.mean(-1), MARGIN))  # m = 1
+    v = holm_verdicts(diff, se, df, p, p_tost, ALPHA, MARGIN)["verdict"]
+    assert (v == "helped").mean() > 0.9

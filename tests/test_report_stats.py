@@ -29,6 +29,8 @@ from ffnn.report.stats import (
     sd_interval,
     seeds_range,
     seeds_to_decide,
+    studies_test,
+    study_pvalues,
     tost_power,
 )
 
@@ -63,6 +65,24 @@ def test_welch_where_seeds_do_not_match_matches_scipy_and_statsmodels():
     ci = ref.confidence_interval(0.95)
     assert t.diff + stats.t.ppf(0.975, t.df) * t.se == pytest.approx(ci.high)
     assert t.p_tost == pytest.approx(ttost_ind(b, a, -0.2, 0.2, usevar="unequal")[0])
+
+
+def test_study_level_test_is_welch_on_the_study_means_as_scipy_and_statsmodels():
+    """Each study's mean over its seeds is one observation (unequal seeds per study allowed)."""
+    a = [[97.0, 97.2, 97.1], [96.1, 96.3, 96.2], [96.8, 96.6]]
+    b = [[97.5, 97.6, 97.4], [97.9, 98.0, 97.8], [97.7, 97.5, 97.6], [97.2]]
+    ma, mb = np.array([np.mean(s) for s in a]), np.array([np.mean(s) for s in b])
+    t = studies_test(a, b, margin=0.2)
+    ref = stats.ttest_ind(mb, ma, equal_var=False)
+    assert not t.paired and (t.n_a, t.n_b) == (3, 4) and t.diff == pytest.approx(mb.mean() - ma.mean())
+    assert t.p == pytest.approx(ref.pvalue) and t.df == pytest.approx(ref.df)
+    assert t.p_tost == pytest.approx(ttost_ind(mb, ma, -0.2, 0.2, usevar="unequal")[0])
+    assert t.sd == pytest.approx(math.sqrt((ma.var(ddof=1) + mb.var(ddof=1)) / 2))
+    # vectorised over experiments: the same numbers
+    many = study_pvalues(np.stack([ma, ma + 1]), np.stack([mb, mb]), 0.2)
+    assert many[3][0] == pytest.approx(t.p) and many[0].tolist() == pytest.approx([t.diff, t.diff - 1])
+    assert math.isnan(studies_test([[97.0]], b).p)  # one study: no test over studies
+    assert math.isnan(studies_test([[97.0], [97.0]], [[98.0], [98.0]]).p)  # no spread at all: no verdict
 
 
 def test_decide_reads_the_five_verdicts_from_an_interval():

@@ -8,6 +8,7 @@ import statistics
 import subprocess
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from conftest import cli_command
@@ -276,7 +277,7 @@ def test_tune_toml_families_match_the_tutorial_models():
     cfg = build_tune_config(read_toml(Path(__file__).parents[1] / "experiments" / "tune.toml"), {})
     assert cfg.models == ("A", "B", "C", "D", "E") and cfg.n_trials == 30 and cfg.train.iters == 3000
     assert cfg.val_size == 10_000 and cfg.pruner == "median" and cfg.storage == "sqlite:///mlruns/optuna.db"
-    assert cfg.trial_seeds == 1 and cfg.trial_batch == 0 and cfg.sampler_seed == 0
+    assert cfg.trial_seeds == 1 and cfg.trial_batch == 0 and cfg.sampler_seed == 0 and cfg.studies == 1
     for name in cfg.models:
         family, spec = cfg.families[name], REGISTRY[name]
         assert (family.activation, family.depth) == (spec.activation, len(spec.hidden))
@@ -322,3 +323,60 @@ def test_a_sampler_seed_samples_the_same_configurations_on_a_fresh_study(tiny, t
     assert [p for p, _ in sampled("other", 4)] != [p for p, _ in first]
     # processes sharing a study draw each trial with the seed of its own number
     assert len({tune.trial_seed(3, n) for n in range(1000)} | {tune.trial_seed(4, n) for n in range(1000)}) == 2000
+
+
+def test_replicate_studies_have_their_own_names_sampler_seeds_and_one_parent_run(tiny, tmp_path, stores):
+    """--studies 2: study 1 keeps its name and sampler seed (a store from before goes on), study 2 is
+    tune-C-s2 with a seed of its own; both parent runs are children of the family's run; --final retrains
+    each study's best as C* and C*s2, each run tagged with its study's budget."""
+    uri, storage = stores
+    assert run_tune(tmp_path, stores, "--model", "C,D", "--n-trials", "3", "--workers", "1", "--studies", "2",
+                    "--pruner", "none", "--sampler", "random", "--sampler-seed", "5", "--final", "--seeds", "2") == 0
+    studies = [optuna.load_study(study_name=n, storage=storage) for n in ("tune-C", "tune-C-s2")]
+    assert [s.user_attrs["ffnn_study"] for s in studies] == [{"index": 1, "sampler_seed": 5},
+                                                             {"index": 2, "sampler_seed": search.study_seed(5, 2)}]
+    assert [t.params for t in studies[0].trials] != [t.params for t in studies[1].trials]
+    assert all(len(s.trials) == 3 and s.user_attrs["ffnn_wall_seconds"] > 0 for s in studies)
+    [family] = [r for r in mlflow_runs(uri, "studies") if r.data.tags["ffnn.model"] == "C"]
+    assert family.info.status == "FINISHED" and family.data.tags["ffnn.studies"] == "2"
+    for s, k in zip(studies, (1, 2)):
+        parent, _ = check_consistent(s, uri)
+        assert parent.data.tags["mlflow.parentRunId"] == family.info.run_id
+        assert parent.data.tags["ffnn.study_index"] == str(k)
+        assert parent.data.tags["ffnn.sampler_seed"] == str(search.study_seed(5, k))
+    runs = mlflow_runs(uri, "run", experiment="t-compare")
+    by_model = {m: [r for r in runs if r.data.params["model"] == m] for m in ("C", "C*", "C*s2")}
+    assert all(len(v) == 2 for v in by_model.values())
+    for name, s in (("C*", studies[0]), ("C*s2", studies[1])):
+        budget = json.loads(by_model[name][0].data.tags["ffnn.tuned_by"])
+        best = s.best_trial
+        assert budget["study"] == s.study_name and budget["trials"] == 3 and budget["best_trial"] == best.number
+        assert budget["top"] == sorted((round(t.value, 4) for t in s.trials), reverse=True)
+        assert by_model[name][0].data.params["hidden_sizes"] == str(best.params["n_units_l0"])
+    # the report at the end decides C* -> D* over the two searches of each, with their budgets
+    step = pd.read_csv(tmp_path / "reports" / "t-compare" / "comparisons.csv").set_index(["a", "b"]).loc[("C*", "D*")]
+    assert (step["reading"], step["n_studies"], step["n_a"], step["n_b"]) == ("architecture", 2, 2, 2)
+    assert step["budget"] == "equal budgets: 3 trials of 30 steps per study"
+    summary = pd.read_csv(tmp_path / "reports" / "t-compare" / "summary.csv").set_index("model")
+    assert summary.loc[["C*", "C*s2", "D*", "D*s2"], "trials"].tolist() == [3, 3, 3, 3]
+    # run again with one study: study 1 and its parent run go on where they were
+    assert run_tune(tmp_path, stores, "--model", "C", "--n-trials", "1", "--workers", "1", "--sampler", "random",
+                    "--sampler-seed", "5") == 0
+    assert len(optuna.load_study(study_name="tune-C", storage=storage).trials) == 4
+    assert len(mlflow_runs(uri, "study")) == 4
+
+
+def test_study_seeds_differ_between_studies_and_study_one_keeps_the_seed():
+    assert search.study_seed(7, 1) == 7
+    seeds = {search.study_seed(b, k) for b in range(50) for k in range(2, 12)}
+    assert len(seeds) == 500 and not seeds & set(range(50))
+    cfg = search.replicate(tune_config(), 3)
+    assert cfg.name_of("C") == "tune-C-s3" and cfg.sampler_seed == search.study_seed(0, 3)
+    assert search.replicate(tune_config(), 1) == tune_config()
+
+
+def tune_config(**overrides):
+    from pathlib import Path
+
+    from ffnn.config import build_tune_config, read_toml
+    return build_tune_config(read_toml(Path(__file__).parents[1] / "experiments" / "tune.toml"), overrides)

@@ -31,7 +31,8 @@ class TuneConfig:
     n_trials: int = 30  # trials per study and invocation; a rerun adds as many again
     timeout: float | None = None  # seconds per study and invocation; running trials finish
     storage: str = "sqlite:///mlruns/optuna.db"  # Optuna storage URL, or a journal file path
-    study_name: str = "tune-{model}"  # {model} is the family name
+    study_name: str = "tune-{model}"  # {model}: the family; study k >= 2 adds "-s<k>" (study 1's name as before)
+    studies: int = 1  # independent studies per family, each with its own sampler seed (--studies K)
     sampler: str = "tpe"  # tpe or random
     sampler_seed: int = 0  # trial n is sampled with a seed from (sampler_seed, n): a fresh study replays, a resume not
     trial_seeds: int = 1  # seeds per trial, one stack; the objective is their mean validation accuracy
@@ -50,8 +51,8 @@ class TuneConfig:
     final: bool = False  # after tuning, retrain each best configuration on the full training set
     seeds: int = 5  # --final: seeds 0 .. seeds-1
 
-    def name_of(self, model: str) -> str:
-        return self.study_name.format(model=model)
+    def name_of(self, model: str, study: int = 1) -> str:  # tune-C, tune-C-s2, ...
+        return self.study_name.format(model=model) + (f"-s{study}" if study > 1 else "")
 
     def val_examples(self, n_train: int) -> int:
         """Examples held out of ``n_train``: ``val_size``, or ``val_share`` of them rounded (0.1666667 of MNIST's
@@ -62,7 +63,8 @@ class TuneConfig:
 _Number = TypeVar("_Number", int, float)
 TUNE_KEYS = {f.name for f in fields(TuneConfig)} - {"val_share"}  # a float val_size sets it
 TUNE_FLAGS = ("models", "n_trials", "timeout", "storage", "study_name", "workers", "sampler_seed", "trial_seeds",
-              "trial_batch", "sampler", "pruner", "experiment", "device", "iters", "final", "seeds", "dataset")
+              "trial_batch", "studies", "sampler", "pruner", "experiment", "device", "iters", "final", "seeds",
+              "dataset")
 FAMILY_KEYS = {f.name for f in fields(Family)}
 TUNE_TRAIN_KEYS = {"batch_size", "iters", "eval_every", "seed"}
 SAMPLERS = ("tpe", "random")
@@ -164,6 +166,7 @@ def build_tune_config(file_values: dict[str, Any], overrides: dict[str, Any]) ->
         timeout=None if timeout is None else float(timeout),
         storage=values.get("storage", TuneConfig.storage),
         study_name=study_name,
+        studies=integer("studies", values.get("studies", TuneConfig.studies)),
         sampler=values.get("sampler", TuneConfig.sampler),
         sampler_seed=integer("sampler_seed", values.get("sampler_seed", TuneConfig.sampler_seed), minimum=0),
         trial_seeds=integer("trial_seeds", values.get("trial_seeds", TuneConfig.trial_seeds)),

@@ -3,8 +3,9 @@
 stats.py (pure statistics: tests, Holm, the five verdicts, power), sequential.py (anytime-valid
 confidence sequences: --until-decided and grown experiments), scope.py (the new-images standard error),
 runs.py (MLflow's frame -> runs and outcomes), plan.py (families of comparisons), verdicts.py (both
-scopes' verdicts of every family), looks.py (the looks reports took), build.py (the Report), plots.py,
-export.py: all pure. io.py alone reads and writes the store.
+scopes' verdicts of every family), studies.py (the searches behind tuned models: budgets, convergence,
+the two readings of a tuned comparison), looks.py (the looks reports took), build.py (the Report),
+plots.py, export.py: all pure. io.py alone reads and writes the store.
 """
 
 from .build import FORMATS, Analysis, Report, ReportConfig, analyse, build_report_config

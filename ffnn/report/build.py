@@ -24,6 +24,7 @@ from .runs import TRAIN_FIELDS, ReportError, Selection, select_runs, summarise, 
 from .sequential import METHOD_NAME, Design
 from .spending import METHOD_NAME as SPENDING_NAME
 from .stats import MIN_SEEDS, binomial_se
+from .studies import budgets, study_columns, tuned_text
 from .verdicts import UNAVAILABLE, compare_steps, more_seeds_cannot_decide
 
 FORMATS = ("csv", "md", "tex", "html", "png")
@@ -147,18 +148,21 @@ def _interval(r) -> str:
 
 
 def _pairing(r) -> str:
+    if r.reading == "architecture":
+        return f"Welch {r.n_a} vs {r.n_b} studies"
     if r.paired:
         return f"paired n={r.n_a}" + ("" if pd.isna(r.corr) else f", r={r.corr:.2f}")
     return f"Welch {r.n_a} vs {r.n_b}"
 
 
 def _seeds(r) -> str:
-    """``~18 seeds (9-118 from the spread's 95% interval)``"""
+    """``~18 seeds (9-118 from the spread's 95% interval)``; over studies, the studies per architecture"""
+    unit = "studies" if r.reading == "architecture" else "seeds"
     if pd.isna(r.seeds_needed):
-        return "seeds to decide: unknown"
+        return f"{unit} to decide: unknown"
     lo, hi = r.seeds_low, r.seeds_high
     spread = "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" ({lo}-{hi} as the spread allows)"
-    return f"~{r.seeds_needed} seeds to decide{spread}"
+    return f"~{r.seeds_needed} {unit} to decide{spread}"
 
 
 def scope_text(r, margin: float, alpha: float) -> str:
@@ -189,19 +193,21 @@ def comparison_text(r) -> str:
             text += f"; {_seeds(r)}"
     if not pd.isna(r.pop_low):
         text += f"; new images [{r.pop_low:+.2f}, {r.pop_high:+.2f}] {r.pop_verdict}"
-    elif r.pop_verdict == UNAVAILABLE and not r.reason:
+    elif r.pop_verdict == UNAVAILABLE and not r.reason and r.reading != "architecture":  # none over studies
         text += "; new images: unavailable"
     if r.failures:
         text += f"; {r.failures}" + ("" if pd.isna(r.p_fail) or r.p_fail == 1 else f" (Fisher p {r.p_fail:.2g})")
-    return text
+    return text + tuned_text(r, answer=False)
 
 
 def answer_text(r, margin: float, alpha: float = 0.05) -> str:
     """``"C -> D (add a layer): helped, +0.76 points (99.0% interval +0.52 to +1.00, 5 paired seeds)."``"""
     kind = {"equivalence": "TOST interval", "sequence": "confidence sequence", "repeated": "repeated interval",
             "repeated-equivalence": "repeated TOST interval"}.get(r.interval, "interval")
-    how = "" if pd.isna(r.low) else (f" ({r.level:.1%} {kind} {r.low:+.2f} to {r.high:+.2f}, "
-                                     + (f"{r.n_a} paired seeds)" if r.paired else f"{r.n_a} vs {r.n_b} seeds)"))
+    over = r.reading == "architecture"
+    how = "" if pd.isna(r.low) else (f" ({r.level:.1%} {kind} {'over studies ' * over}{r.low:+.2f} to {r.high:+.2f}, "
+                                     + (f"{r.n_a} paired seeds)" if r.paired else
+                                        f"{r.n_a} vs {r.n_b} {'studies' if over else 'seeds'})"))
     say = {"helped": f"helped, {r.diff:+.2f} points{how}",
            "hurt": f"hurt, {r.diff:+.2f} points{how}",
            "negligible": f"negligible: {r.diff:+.2f} points, real but inside +-{margin:g}{how}",
@@ -213,14 +219,16 @@ def answer_text(r, margin: float, alpha: float = 0.05) -> str:
         elif not pd.isna(r.seeds_needed):
             lo, hi = r.seeds_low, r.seeds_high
             rng = "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" ({lo} to {hi}, as the spread allows)"
-            say += (f"; about {r.seeds_needed} seeds per model would decide it{rng}, or let "
+            say += (f"; about {r.seeds_needed} studies per architecture would decide it{rng}: "
+                    f"`ffnn tune --studies {r.seeds_needed}`" if over else
+                    f"; about {r.seeds_needed} seeds per model would decide it{rng}, or let "
                     f"`ffnn compare --until-decided` add them and keep the error rate")
     scope = scope_text(r, margin, alpha)
     if scope:
         say += f"; {scope}"
     if r.failures:
         say += f"; failures: {r.failures}"
-    return f"{r.a} -> {r.b} ({r.change}): {say}."
+    return f"{r.a} -> {r.b} ({r.change}): {say}.{tuned_text(r, answer=True)}"
 
 
 @dataclass
@@ -242,7 +250,7 @@ def analyse(runs: pd.DataFrame, cfg: ReportConfig, design: Design | None = None,
     by the confidence sequences (as every family is under a ``design``)."""
     sel = select_runs(runs, cfg.models)
     alpha, margin = (design.alpha, design.margin) if design else (cfg.alpha, cfg.margin)
-    summary = summarise(sel, cfg.confidence)
+    summary = study_columns(summarise(sel, cfg.confidence), budgets(sel), margin)
     steps = plan(sel.models)
     seeds = {m: sel.tried(m) for m in sel.models}
     grown = {} if design else grown_steps(looks, [(s.family, s.a, s.b) for s in steps], seeds)

@@ -19,12 +19,13 @@ from .runs import COLLAPSED_AT
 from .sequential import METHOD_NAME
 from .spending import METHOD_NAME as SPENDING_NAME
 from .stats import MIN_SEEDS
+from .studies import TOP
 
 NO_STEPS = "No capacity steps among the models present."
 FOREST = "comparisons.png"
 CAPACITY = "capacity_map.png"
 LEFT = {"Model", "Spec", "Device", "Family", "Comparison", "Change", "Pairing", "Verdict", "New-images verdict",
-        "Failures"}
+        "Failures", "Search", "Converged"}
 
 
 def _num(x: float, spec: str = ".2f") -> str:
@@ -45,10 +46,13 @@ def display_tables(report: Report) -> tuple[pd.DataFrame, pd.DataFrame]:
         "Min": [_num(v) for v in s["min"]], "Max": [_num(v) for v in s["max"]],
         "Train (s)": [_num(v, ".1f") for v in s["train_seconds"]], "Device": s["devices"],
     })
+    if "study" in s.columns:  # tuned models present: the search behind each
+        models = models.assign(**search_cells(s))
     c = report.comparisons
     comparisons = pd.DataFrame({
         "Family": c["family"], "Comparison": [f"{a} -> {b}" for a, b in zip(c["a"], c["b"])], "Change": c["change"],
-        "Pairing": [f"paired, n={r.n_a}" if r.paired else f"Welch, {r.n_a} vs {r.n_b}" for r in c.itertuples()],
+        "Pairing": [f"paired, n={r.n_a}" if r.paired else f"Welch, {r.n_a} vs {r.n_b}"
+                    + (" studies" if r.reading == "architecture" else "") for r in c.itertuples()],
         "r": [_num(v) for v in c["corr"]],
         "Diff (pts)": [f"{v:+.2f}" if not pd.isna(v) else "-" for v in c["diff"]],
         "Deciding interval": ["-" if pd.isna(r.low) else f"[{r.low:+.2f}, {r.high:+.2f}]" for r in c.itertuples()],
@@ -67,7 +71,22 @@ def display_tables(report: Report) -> tuple[pd.DataFrame, pd.DataFrame]:
             for r in c.itertuples()],
         "Failures": [f or "-" for f in c["failures"]],
     })
+    if (c["reading"] != "").any():
+        comparisons.insert(3, "Studies", ["-" if pd.isna(n) else str(n) for n in c["n_studies"]])
     return models, comparisons
+
+
+def search_cells(s: pd.DataFrame) -> dict[str, list[str]]:
+    """The models table's study columns: ``2 of 3``, ``6 trials (1 pruned), 1.2 min, best 4th``, ``yes``."""
+    def search(r: pd.Series) -> str:
+        if pd.isna(r["trials"]):
+            return "-"
+        best = "" if pd.isna(r["best_at"]) else f", best {r['best_at']} of {r['trials']}"
+        return f"{r['trials']} trials ({r['pruned']} pruned), {r['search_seconds'] / 60:.1f} min{best}"
+    return {"Study": ["-" if pd.isna(k) else f"{k} of {n}" for k, n in zip(s["study"], s["n_studies"])],
+            "Search": [search(r) for _, r in s.iterrows()],
+            "Converged": ["-" if pd.isna(ok) else "yes" if ok else f"maybe not: {why}"
+                          for ok, why in zip(s["converged"], s["convergence"])]}
 
 
 def method_text(report: Report) -> list[str]:
@@ -162,6 +181,26 @@ def method_text(report: Report) -> list[str]:
             f"{MIN_SEEDS} seeds and a non-zero spread, and is wider than a one-look interval (T. L. Lai, On "
             f"confidence sequences, Ann. Statist. 4 (1976) 265-280; H. Wang and A. Ramdas, Anytime-valid "
             f"t-tests and confidence sequences for Gaussian means with unknown variance, 2023).")
+    if len(report.comparisons) and (report.comparisons["reading"] != "").any():
+        out.append(
+            f"Tuned comparisons (family tuned) have two readings. From one study per architecture (ffnn tune, "
+            f"--studies 1) a comparison tests seeds of the two configurations that search happened to find: a "
+            f"fact about those configurations, not about the architectures, since which configuration a search "
+            f"finds varies from search to search (X. Bouthillier et al., Accounting for variance in machine "
+            f"learning benchmarks, MLSys 2021, count hyperparameter optimisation among the sources a benchmark "
+            f"must vary). From K >= 2 independent studies per architecture (--studies K, each with its own sampler "
+            f"seed) it is a two-level design, studies and seeds within studies: each study's mean over its seeds "
+            f"is one observation and the architectures are compared by Welch's t-test (and TOST) on the study "
+            f"means, unpaired, since the searches of two architectures are independent. With equal K and seeds "
+            f"that t statistic is the exact test of the between-architecture effect in the nested ANOVA, F = "
+            f"MS_architecture / MS_studies(architecture) (D. C. Montgomery, Design and Analysis of Experiments, "
+            f"nested designs); a test on the pooled seeds would ignore the search-to-search spread and, in "
+            f"simulation, calls differences that are not there far more often than alpha. Holm across the family "
+            f"as above. Each study shows its budget (trials, pruned, wall time), when its best trial came and "
+            f"whether its best {TOP} trials agree: it may not have converged when the best came in the last "
+            f"fifth of its trials or the top {TOP} spread wider than the margin ({mg:g} points of validation "
+            f"accuracy). Architectures compared must have had equal budgets (trials, seeds per trial, steps), "
+            f"or the comparison says they did not.")
     out.append(f"Seeds to decide (undecided comparisons only): seeds per model at which the nearer decision "
                f"(a difference from 0, or equivalence when the observed difference is within the margin) has "
                f"{report.cfg.power:.0%} power if the truth is the observed difference, at the family's alpha / m, "

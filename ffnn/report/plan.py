@@ -7,17 +7,20 @@ models of that family: adding tuned models never changes the tutorial chain's ve
 - ``capacity``: a grid's steps (``ffnn.grid``): each width to the next one of the grid at a fixed depth, and each
   added layer at a fixed width, within one activation and recipe.
 - ``recipe``: X -> X*, tuned widths and lr vs the tutorial's recipe (not a capacity step).
-- ``tuned``: the chain among tuned models, A*->B*->C*, C*->D*->E* (and LR*->A*, LR*->C*, A*->C*).
+- ``tuned``: the chain among tuned models, A*->B*->C*, C*->D*->E* (and LR*->A*, LR*->C*, A*->C*). With one
+  study per architecture a step compares the two configurations those searches found; with replicate studies
+  (``C*``, ``C*s2``, ...: ``ffnn tune --studies K``) on both sides it compares the architectures over them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..grid import is_cell
-from ..models import REGISTRY
+from ..models import REGISTRY, parse_tuned
 from .runs import ModelInfo
+from .studies import claim_of, tuned_groups
 
 CHAIN = (("LR", "A", "add a sigmoid hidden layer"), ("A", "B", "sigmoid -> tanh"), ("B", "C", "tanh -> relu"),
          ("C", "D", "add a layer"), ("D", "E", "add a layer"), ("LR", "C", "add a relu hidden layer"),
@@ -37,6 +40,13 @@ class Step:
     a: str  # the baseline model
     b: str  # the model after the change
     change: str  # in words
+    a_units: tuple[str, ...] = ()  # tuned steps: the replicate studies' models of each side (a, then a's s2, ...)
+    b_units: tuple[str, ...] = ()
+
+    @property
+    def over_studies(self) -> bool:
+        """Decided over independent searches (``stats.studies_test``), not over one pair of found configurations."""
+        return len(self.a_units) >= 2 and len(self.b_units) >= 2
 
 
 def _same(x: ModelInfo, y: ModelInfo, fields: Sequence[str]) -> bool:
@@ -52,22 +62,29 @@ def plan(models: dict[str, ModelInfo]) -> list[Step]:
         if x and y and _same(x, y, SAME_FOR_CAPACITY):
             steps.append(Step("tutorial", a, b, change))
     others = {n: m for n, m in models.items() if not is_cell(n, m.spec)}  # grid cells have their own family
-    steps += _spec_steps([m for n, m in others.items() if not n.endswith("*") and n not in REGISTRY], others)
+    steps += _spec_steps([m for n, m in others.items() if parse_tuned(n) is None and n not in REGISTRY], others)
     steps += capacity_steps(models)
     for name, y in models.items():
         x = models.get(name[:-1]) if name.endswith("*") else None
         if x is not None and _same(x, y, ("dataset",)):
             steps.append(Step("recipe", x.name, name, f"tuned: {y.spec.describe()}, lr {y.train_dict()['lr']}"))
+    groups = tuned_groups(models)
     for a, b, change in CHAIN:
-        x, y = models.get(a + "*"), models.get(b + "*")
-        if x and y and _same(x, y, SAME_FOR_TUNED):
-            steps.append(Step("tuned", x.name, y.name, f"{change}, each tuned"))
+        xs, ys = groups.get(a, []), groups.get(b, [])
+        if not xs or not ys or not _same(models[xs[0]], models[ys[0]], SAME_FOR_TUNED):
+            continue
+        xs = [u for u in xs if _same(models[u], models[xs[0]], SAME_FOR_TUNED)]  # studies of another budget: out
+        ys = [u for u in ys if _same(models[u], models[xs[0]], SAME_FOR_TUNED)]
+        k = f"{len(xs)}" if len(xs) == len(ys) else f"{len(xs)} and {len(ys)}"
+        step = Step("tuned", xs[0], ys[0], "", tuple(xs), tuple(ys))
+        steps.append(replace(step, change=f"{change}, each tuned, over {k} independent searches" if step.over_studies
+                             else f"{change}, each tuned: the configurations one search found, not {claim_of(change)}"))
     return steps
 
 
 def _spec_steps(own: list[ModelInfo], models: dict[str, ModelInfo]) -> list[Step]:
     """Width steps (same activation and depth, sorted by width) and added layers, each involving a user spec."""
-    untuned = [m for n, m in models.items() if not n.endswith("*")]
+    untuned = [m for n, m in models.items() if parse_tuned(n) is None]
     mine = {m.name for m in own}
     steps: list[Step] = []
     groups: dict[tuple, list[ModelInfo]] = {}

@@ -14,7 +14,16 @@ import pandas as pd
 
 from ..errors import UserError
 from ..grid import parse_cell
-from ..models import MNIST_CLASSES, REGISTRY, ModelSpec, SpecError, count_params, parse_describe, parse_hidden
+from ..models import (
+    MNIST_CLASSES,
+    REGISTRY,
+    ModelSpec,
+    SpecError,
+    count_params,
+    parse_describe,
+    parse_hidden,
+    parse_tuned,
+)
 from ..tracking import RUN_COLUMNS
 from .stats import MIN_SEEDS, mean_ci
 
@@ -69,7 +78,8 @@ def tidy_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
     Columns: run_id, experiment_id, status, start_time, model, seed, hidden, activation, lr, batch_size,
     iters, dataset, spec, device_name, key, accuracy (percent), train_seconds, failure, failure_step,
-    parent_run_id, test_correct (``ffnn.bits`` text; empty for runs logged before it was recorded).
+    parent_run_id, test_correct (``ffnn.bits`` text; empty for runs logged before it was recorded), tuned_by
+    (the study behind a tuned model, ``studies.parse_budget``; empty for others).
     """
     runs = frame[_column(frame, "kind", "") == "run"]
     out = pd.DataFrame({
@@ -90,6 +100,7 @@ def tidy_runs(frame: pd.DataFrame) -> pd.DataFrame:
         "failure_step": pd.to_numeric(_column(runs, "failure_step"), errors="coerce"),
         "parent_run_id": _column(runs, "parent_run_id"),
         "test_correct": _column(runs, "test_correct", "").fillna(""),
+        "tuned_by": _column(runs, "tuned_by", "").fillna(""),
     })
     out = out[out["model"].notna() & out["seed"].notna()].copy()
     out["seed"] = out["seed"].astype(int)
@@ -112,11 +123,11 @@ def model_info(row: pd.Series) -> ModelInfo:
 
 def model_order(names: Sequence[str]) -> list[str]:
     """Registry models in the tutorial's order, then the rest by name, grid cells last by budget, lr, depth and
-    width; ``X*`` right after ``X``."""
+    width; ``X*`` (then its replicate studies ``X*s2``, ...) right after ``X``."""
     index = {m: i for i, m in enumerate(REGISTRY)}
 
     def key(name: str) -> tuple:
-        base, tuned = (name[:-1], 1) if name.endswith("*") else (name, 0)
+        base, tuned = parse_tuned(name) or (name, 0)
         cell = parse_cell(base)
         if cell is not None:
             return (2, (cell.iters or 0, cell.lr or 0.0, cell.depth, cell.width), "", tuned)

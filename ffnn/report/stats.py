@@ -134,6 +134,48 @@ def paired_or_welch(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nda
         return Test(False, len(a), len(b), diff, se, df, sd, corr, p, p_tost)
 
 
+def study_pvalues(a: np.ndarray, b: np.ndarray, margin: float) -> tuple[np.ndarray, ...]:
+    """Study means of two architectures, (..., K_a) and (..., K_b) -> (diff, se, df, p, p_tost), each (...).
+
+    The two-level design: independent hyperparameter searches (studies) of each architecture, seeds
+    retrained within each study. With the study as the unit, each study's mean over its seeds is one
+    observation, so the seeds' noise and the search-to-search spread both enter the error; a test on the
+    pooled seeds would take S K seeds of K searches for S K independent draws and overstate what is known
+    whenever searches differ (X. Bouthillier et al., Accounting for variance in machine learning benchmarks,
+    MLSys 2021). With equal K and seeds per study, the t statistic on study means is the nested ANOVA's exact
+    test of the between-architecture effect, F = MS_architecture / MS_studies(architecture) = t^2
+    (D. C. Montgomery, Design and Analysis of Experiments, 8th ed., 2013, sec. 14.1); Welch-Satterthwaite
+    degrees of freedom (<= K_a + K_b - 2) keep its level when one architecture's searches vary more than the
+    other's. Welch's test and TOST as scipy ``ttest_ind(equal_var=False)`` and statsmodels
+    ``ttost_ind(usevar="unequal")``; se 0 (identical study means) gives NaN p: no verdict.
+    ``study_pvalues(np.array([97.0, 97.4, 96.9]), np.array([96.2, 96.8, 95.9]), 0.2)[0]`` -> ``-0.8`` (rounded)
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ka, kb = a.shape[-1], b.shape[-1]
+    va, vb = a.var(-1, ddof=1) / ka, b.var(-1, ddof=1) / kb
+    diff = b.mean(-1) - a.mean(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va ** 2 / (ka - 1) + vb ** 2 / (kb - 1))
+        p, p_tost = t_pvalues(diff, np.where(se > 0, se, np.nan), df, margin)
+    return diff, se, df, p, p_tost
+
+
+def studies_test(a: Sequence[Sequence[float] | np.ndarray], b: Sequence[Sequence[float] | np.ndarray],
+                 margin: float = 0.2) -> Test:
+    """Welch's test on the study means (``study_pvalues``): ``a``, ``b`` hold each study's per-seed scores.
+
+    ``studies_test([[97.0, 97.2], [96.1, 96.3]], [[97.5], [97.9], [97.7]]).n_a == 2``
+    """
+    ma, mb = (np.array([np.mean(s) for s in side if len(s)]) for side in (a, b))
+    if min(len(ma), len(mb)) < 2:
+        diff = float(mb.mean() - ma.mean()) if len(ma) and len(mb) else math.nan
+        return Test(False, len(ma), len(mb), diff, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+    diff, se, df, p, p_tost = (float(v) for v in study_pvalues(ma, mb, margin))
+    sd = math.sqrt((ma.var(ddof=1) + mb.var(ddof=1)) / 2)  # of one study's mean: what "studies to decide" needs
+    return Test(False, len(ma), len(mb), diff, se, df, sd, math.nan, p, p_tost)
+
+
 def _constant_groups_p(a: np.ndarray, b: np.ndarray, margin: float) -> tuple[float, float]:
     """scipy's exact permutation tests of two constant groups: difference, and TOST (shifted by -+margin)."""
     def perm(x: np.ndarray, y: np.ndarray, alternative: str) -> float:

@@ -28,12 +28,29 @@ from .runs import Selection, failure_text, typical_std
 from .scope import new_images_se
 from .sequential import Design, cs_interval
 from .spending import holm_sequential
-from .stats import MIN_SEEDS, Test, decide, failure_test, holm_verdicts, paired_or_welch, seeds_range, t_pvalues
+from .stats import (
+    MIN_SEEDS,
+    Test,
+    decide,
+    failure_test,
+    holm_verdicts,
+    paired_or_welch,
+    seeds_range,
+    studies_test,
+    t_pvalues,
+)
+from .studies import Budget, budget_text, budgets, more_studies_minutes, unconverged_text
 
 COLUMNS = ["family", "a", "b", "change", "spec_a", "spec_b", "rule", "paired", "n_a", "n_b", "corr", "mean_a",
            "mean_b", "diff", "sd", "m", "interval", "level", "low", "high", "look", "p", "p_adj", "p_tost",
            "p_tost_adj", "verdict", "pop_se", "images_se", "pop_low", "pop_high", "pop_verdict", "fail_a", "fail_b",
-           "p_fail", "seeds_needed", "seeds_low", "seeds_high", "failures", "reason"]
+           "p_fail", "seeds_needed", "seeds_low", "seeds_high", "failures", "reason",
+           # tuned steps: the reading (one search's configurations, or the architecture over n_studies searches),
+           # the interval over studies, the searches' budgets and the studies that may not have converged
+           "reading", "n_studies", "study_low", "study_high", "equal_budget", "budget", "unconverged",
+           "more_studies_minutes"]
+STUDY_COLUMNS = {"reading": "", "n_studies": pd.NA, "study_low": math.nan, "study_high": math.nan,
+                 "equal_budget": pd.NA, "budget": "", "unconverged": "", "more_studies_minutes": math.nan}
 UNAVAILABLE = "unavailable"  # pop_verdict where a side lacks per-image records (runs logged before them)
 
 
@@ -95,6 +112,42 @@ def _test(a: _Side, b: _Side, margin: float) -> Test:
     return paired_or_welch(a.score, b.score, a.seeds, b.seeds, margin)
 
 
+def _pooled(sides: list[_Side]) -> _Side:
+    """Every seed of several studies' models, for the failure counts (the seeds repeat: never paired)."""
+    return _Side(np.concatenate([s.seeds for s in sides]), np.concatenate([s.score for s in sides]),
+                 np.concatenate([s.failed for s in sides]), [c for s in sides for c in s.correct], sides[0].n_classes)
+
+
+def _step_test(step: Step, sides: dict[str, _Side], margin: float) -> Test:
+    """Over studies (each study's mean over its seeds one observation), or on the seeds of two models."""
+    if step.over_studies:
+        return studies_test([sides[u].score for u in step.a_units], [sides[u].score for u in step.b_units], margin)
+    return _test(sides[step.a], sides[step.b], margin)
+
+
+def _step_reason(step: Step, t: Test) -> str:
+    if not step.over_studies:
+        return _reason(step.a, step.b, t)
+    if min(t.n_a, t.n_b) < 2:
+        return f"{t.n_a} vs {t.n_b} studies with finished seeds: no verdict over searches below 2 per side"
+    return "" if t.se > 0 else "the studies' means do not vary: no verdict"
+
+
+def _study_fields(step: Step, t: Test, d: dict, sel: Selection, found: dict[str, Budget], margin: float) -> dict:
+    """A tuned step's reading, interval over studies, budgets and convergence (STUDY_COLUMNS)."""
+    if step.family != "tuned":
+        return dict(STUDY_COLUMNS)
+    units = [*(step.a_units or (step.a,)), *(step.b_units or (step.b,))]
+    over = step.over_studies
+    equal, words = budget_text(step.a, step.b, step.a_units or (step.a,), step.b_units or (step.b,), found)
+    retrain = {u: float(sel.kept.loc[sel.kept["model"] == u, "train_seconds"].sum()) for u in units}
+    return {"reading": "architecture" if over else "configurations", "n_studies": min(t.n_a, t.n_b) if over else 1,
+            "study_low": d["low"] if over else math.nan, "study_high": d["high"] if over else math.nan,
+            "equal_budget": pd.NA if equal is None else equal, "budget": words,
+            "unconverged": unconverged_text(units, found, margin),
+            "more_studies_minutes": more_studies_minutes(units, found, retrain)}
+
+
 def _reason(a: str, b: str, t: Test) -> str:
     if min(t.n_a, t.n_b) >= MIN_SEEDS:
         return ""
@@ -130,6 +183,7 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
     """
     fallback_sd = typical_std(sel)
     sides = {m: _side(sel, m) for m in sel.models}
+    found = budgets(sel)
     rows = []
     for family in FAMILIES:
         mine = [s for s in steps if s.family == family]
@@ -137,10 +191,12 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
             continue
         m = len(mine)
         seq = design is not None or family in sequential
-        tests = [_test(sides[s.a], sides[s.b], margin) for s in mine]
-        reasons = [_reason(s.a, s.b, t) for s, t in zip(mine, tests)]
+        # the planned looks count seeds; a family decided over studies takes the anytime rule instead
+        spend = design is not None and not any(s.over_studies for s in mine)
+        tests = [_step_test(s, sides, margin) for s in mine]
+        reasons = [_step_reason(s, t) for s, t in zip(mine, tests)]
         looks = [t.n_a if t.paired else min(t.n_a, t.n_b) for t in tests]
-        if design is not None:
+        if design is not None and spend:
             decided, looks, tests = _spending_family([(sides[s.a], sides[s.b]) for s in mine], tests, design, margin)
         elif seq:
             decided = []
@@ -158,6 +214,8 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
         pop = _pop_decisions(tests, reasons, pops, decided, seq, alpha, margin)
         for i, (s, t, reason, d) in enumerate(zip(mine, tests, reasons, decided)):
             a, b = sides[s.a], sides[s.b]
+            if s.over_studies:
+                a, b = _pooled([sides[u] for u in s.a_units]), _pooled([sides[u] for u in s.b_units])
             fa, fb = float(a.failed.mean()) if len(a.failed) else math.nan, \
                 float(b.failed.mean()) if len(b.failed) else math.nan
             p_fail = failure_test(int(a.failed.sum()), len(a.failed), int(b.failed.sum()), len(b.failed))
@@ -171,15 +229,14 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
                           f"{len(b.failed) if worse == s.b else len(a.failed)} seeds, Fisher p {p_fail:.2g})")
             sd = t.sd if t.sd > 0 else fallback_sd
             need: tuple[int | None, int | None, int | None] = (None, None, None)
-            if verdict == "undecided" and not (seq and design is not None):
+            if verdict == "undecided" and not spend:  # over studies: the studies per architecture to decide
                 n_obs = t.n_a if t.paired else min(t.n_a, t.n_b)
                 need = seeds_range(t.diff, sd, max(n_obs, 2), margin, alpha / m, power, t.paired, confidence)
             rows.append({"family": family, "a": s.a, "b": s.b, "change": s.change,
                          "spec_a": sel.models[s.a].spec.describe(), "spec_b": sel.models[s.b].spec.describe(),
-                         "rule": "spending" if design is not None else "anytime" if seq else "holm",
+                         "rule": "spending" if spend else "anytime" if seq else "holm",
                          "paired": t.paired, "n_a": t.n_a, "n_b": t.n_b,
-                         "corr": t.corr, "mean_a": float(np.mean(a.score)) if len(a.score) else math.nan,
-                         "mean_b": float(np.mean(b.score)) if len(b.score) else math.nan,
+                         "corr": t.corr, **_means(s, sides, a, b),
                          "diff": t.diff, "sd": t.sd, "m": m, **{k: d[k] for k in ("interval", "level", "low", "high")},
                          "look": looks[i], "p": t.p, "p_adj": d["p_adj"], "p_tost": t.p_tost,
                          "p_tost_adj": d["p_tost_adj"], "verdict": verdict,
@@ -187,11 +244,22 @@ def compare_steps(sel: Selection, steps: Sequence[Step], alpha: float, margin: f
                          "fail_a": int(a.failed.sum()), "fail_b": int(b.failed.sum()), "p_fail": p_fail,
                          "seeds_needed": need[1], "seeds_low": need[0], "seeds_high": need[2],
                          "failures": "; ".join(x for x in (failure_text(sel, s.a), failure_text(sel, s.b)) if x),
-                         "reason": reason if verdict == "undecided" else ""})
+                         "reason": reason if verdict == "undecided" else "",
+                         **_study_fields(s, t, d, sel, found, margin)})
     table = pd.DataFrame(rows, columns=COLUMNS)
-    for c in ("seeds_needed", "seeds_low", "seeds_high"):
+    for c in ("seeds_needed", "seeds_low", "seeds_high", "n_studies"):
         table[c] = table[c].astype("Int64")
+    table["equal_budget"] = table["equal_budget"].astype("boolean")
     return table
+
+
+def _means(step: Step, sides: dict[str, _Side], a: _Side, b: _Side) -> dict[str, float]:
+    """mean_a, mean_b: over seeds, or over studies (the mean of the study means) for a step over studies."""
+    if step.over_studies:
+        return {k: float(np.mean([np.mean(sides[u].score) for u in units if len(sides[u].score)]))
+                for k, units in (("mean_a", step.a_units), ("mean_b", step.b_units))}
+    return {"mean_a": float(np.mean(a.score)) if len(a.score) else math.nan,
+            "mean_b": float(np.mean(b.score)) if len(b.score) else math.nan}
 
 
 def _sequential(a: _Side, b: _Side, t: Test, alpha_each: float, margin: float) -> tuple[dict, int, Test]:

@@ -39,6 +39,9 @@ TAG_STUDY = "ffnn.study"  # the Optuna study name, on the study's parent run and
 # leaves a run still found as that trial's
 TAG_TRIAL = "ffnn.trial_number"
 TAG_STATE = "ffnn.trial_state"  # COMPLETE, PRUNED or FAIL (Optuna's names); RUNNING meanwhile
+# on each run `tune --final` retrained: JSON of the study whose best configuration it is (its index, budget and
+# when its best trial came: ``tune.outputs.StudySummary.budget``), so a report judges the search behind it
+TAG_TUNED_BY = "ffnn.tuned_by"
 # `runs_frame` column of each field a report reads from a child run (mlflow.search_runs names).
 RUN_COLUMNS = {"run_id": "run_id", "experiment_id": "experiment_id", "status": "status", "start_time": "start_time",
                "kind": f"tags.{TAG_KIND}", "model": "params.model", "model_tag": "tags.ffnn.model",
@@ -48,7 +51,7 @@ RUN_COLUMNS = {"run_id": "run_id", "experiment_id": "experiment_id", "status": "
                "key": f"tags.{TAG_KEY}", "accuracy": "metrics.final_test_accuracy",
                "train_seconds": "metrics.train_seconds", "failure": f"tags.{TAG_FAILURE}",
                "failure_step": f"tags.{TAG_FAILURE_STEP}", "parent_run_id": "tags.mlflow.parentRunId",
-               "test_correct": f"tags.{TAG_TEST_CORRECT}"}
+               "test_correct": f"tags.{TAG_TEST_CORRECT}", "tuned_by": f"tags.{TAG_TUNED_BY}"}
 # MLflow 3's UI shows an experiment as a runs table (not as GenAI traces) when it has this tag.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call

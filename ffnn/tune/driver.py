@@ -11,6 +11,7 @@ study samples the same configurations.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 import warnings
@@ -29,14 +30,14 @@ from ..context import Context
 from ..engine import Engine, worker_count
 from ..errors import Fault, Interrupted, UserError, ignore_interrupts, install_interrupt_handlers, stop_line
 from ..events import Listener, Note, ignore
-from ..models import REGISTRY, ModelSpec
-from ..tracking import TAG_FAILURE, heartbeat_interval, sqlite_path
+from ..models import REGISTRY, ModelSpec, parse_tuned, tuned_name
+from ..tracking import TAG_FAILURE, TAG_TUNED_BY, heartbeat_interval, sqlite_path
 from ..train import TrainConfig
 from ..train.trials import load_split, plan_stacks, trial_work
-from .outputs import StudySummary, summarize, write_outputs
-from .search import TPE_STARTUP, open_study
+from .outputs import WALL_ATTR, StudySummary, summarize, write_outputs
+from .search import TPE_STARTUP, open_study, replicate
 from .storage import StaleTrials, fail_dead_owners, fail_unowned, open_storage, reconcile, storage_label
-from .study import StudyRun, parent_run
+from .study import StudyRun, parent_run, replicates_run
 
 BATCH_PER_WORKER = 2  # trials asked at once per CPU training process: the longest first, so both keep busy
 BATCH_CUDA = 32  # trials asked at once on a GPU: one padded stack, one pass
@@ -49,7 +50,8 @@ class TuneResult:
     storage: str  # label, password hidden
     tracking_uri: str
     workers: int
-    final: dict[str, list[RunRow]] = field(default_factory=dict)  # model name (C, C*) -> comparison rows
+    final: dict[str, list[RunRow]] = field(default_factory=dict)  # model name (C, C*, C*s2) -> comparison rows
+    final_specs: dict[str, ModelSpec] = field(default_factory=dict)  # tuned model name (C*, C*s2) -> its spec
 
 
 def tune(cfg: TuneConfig, ctx: Context, on_event: Listener = ignore) -> TuneResult:
@@ -85,7 +87,7 @@ def tune(cfg: TuneConfig, ctx: Context, on_event: Listener = ignore) -> TuneResu
             engine = ctx.engine(trial_work, workers, partial(load_split, ctx.dataset, ctx.data_dir, str(ctx.device),
                                                              val_size, cfg.split_seed))
         for model in cfg.models:
-            result.studies.append(_run_study(cfg, model, storage, stale, ctx, exp_id, engine, workers, say))
+            result.studies += _run_studies(cfg, model, storage, stale, ctx, exp_id, engine, workers, say)
         graceful = True
     finally:
         for signum, handler in old_handlers.items():
@@ -93,7 +95,7 @@ def tune(cfg: TuneConfig, ctx: Context, on_event: Listener = ignore) -> TuneResu
         if engine is not None:
             engine.close(graceful)
     if cfg.final:
-        result.final = final_runs(cfg, result.studies, ctx, say, on_event)
+        result.final, result.final_specs = final_runs(cfg, result.studies, ctx, say, on_event)
     return result
 
 
@@ -136,16 +138,42 @@ def left_by_others(study: optuna.Study, heartbeat: bool, deadline: float | None,
     return 0
 
 
+def _run_studies(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage, stale: StaleTrials,
+                 ctx: Context, exp_id: str, engine: Engine | None, workers: int,
+                 say: Callable[[str], None]) -> list[StudySummary]:
+    """The family's ``cfg.studies`` replicate studies, one after another; with two or more, their parent runs
+    are children of one run of the family (``replicates_run``)."""
+    if cfg.studies == 1:
+        return [_run_study(cfg, model, storage, stale, ctx, exp_id, engine, workers, say)]
+    tracker = ctx.tracker
+    group = replicates_run(cfg, model, ctx, exp_id)
+    done: list[StudySummary] = []
+    try:
+        for k in range(1, cfg.studies + 1):
+            done.append(_run_study(replicate(cfg, k), model, storage, stale, ctx, exp_id, engine, workers, say,
+                                   index=k, group=group))
+            if done[-1].best_value is not None:
+                tracker.log_values(group, {"best_val_accuracy": done[-1].best_value}, step=k)
+    except BaseException as e:
+        with ignore_interrupts(), contextlib.suppress(Exception):  # the study has said why; end its family's run
+            tracker.end_run(group, "KILLED" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "FAILED")
+        raise
+    tracker.end_run(group, "FINISHED")
+    return done
+
+
 def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage, stale: StaleTrials, ctx: Context,
-               exp_id: str, engine: Engine | None, workers: int, say: Callable[[str], None]) -> StudySummary:
+               exp_id: str, engine: Engine | None, workers: int, say: Callable[[str], None], index: int = 1,
+               group: str | None = None) -> StudySummary:
     tracker = ctx.tracker
     study = open_study(cfg, model, storage, stale)
     name = study.study_name
-    parent_id = parent_run(cfg, model, name, ctx, exp_id)
+    parent_id = parent_run(cfg, model, name, ctx, exp_id, group)
     tracker.set_tags(parent_id, {"ffnn.sampler": cfg.sampler, "ffnn.pruner": cfg.pruner,
                                  "ffnn.sampler_seed": str(cfg.sampler_seed), "ffnn.trial_seeds": str(cfg.trial_seeds),
                                  "ffnn.n_trials_requested": str(cfg.n_trials), "ffnn.device_name": ctx.device_name,
-                                 "ffnn.optuna_version": optuna.__version__})
+                                 "ffnn.optuna_version": optuna.__version__, "ffnn.study_index": str(index)})
+    study.set_user_attr("ffnn_study", {"index": index, "sampler_seed": cfg.sampler_seed})
     st = StudyRun(cfg, model, study, storage, stale, tracker, exp_id, parent_id, ctx.device, say, sized=ctx.sized)
     before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
     say(f"study {name!r}: {before} trials so far; running {cfg.n_trials} more"
@@ -168,8 +196,9 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
             st.finish_held()
         st.heartbeat.stop()
         seconds = time.monotonic() - start
+        study.set_user_attr(WALL_ATTR, float(study.user_attrs.get(WALL_ATTR, 0.0)) + seconds)
         reconcile(study, tracker, exp_id)
-        summary = summarize(cfg, model, study, st.finished, seconds, parent_id)
+        summary = summarize(cfg, model, study, st.finished, seconds, parent_id, index)
         summary.best_spec = summary.best_spec and ctx.sized(summary.best_spec)  # the dataset's inputs and classes
         summary.files, notes = write_outputs(study, summary, Path(cfg.reports_dir) / name, cfg)
         summary.notes.extend(notes)
@@ -200,28 +229,36 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
 
 
 def final_runs(cfg: TuneConfig, studies: list[StudySummary], ctx: Context, say: Callable[[str], None],
-               on_event: Listener) -> dict[str, list[RunRow]]:
-    """Each best configuration (as ``C*``) and its tutorial model (``C``) over ``cfg.seeds`` seeds, on the full
-    training set and the test set, as ordinary comparison runs; finished ones are skipped."""
+               on_event: Listener) -> tuple[dict[str, list[RunRow]], dict[str, ModelSpec]]:
+    """Each best configuration (as ``C*``, replicate study k's as ``C*s<k>``) and its tutorial model (``C``) over
+    ``cfg.seeds`` seeds, on the full training set and the test set, as ordinary comparison runs; finished ones
+    are skipped. Each tuned run carries its study's budget (``TAG_TUNED_BY``). Returns the rows and the specs."""
     tuned = [s for s in studies if s.best_spec is not None]
     for s in studies:
         if s.best_spec is None:
             say(f"study {s.name!r} has no finished trial: nothing to retrain")
     # the untuned baselines with the tutorial's lr, unless `compare` has them already; then one
     # comparison per tuned model, since each has its own lr
-    baselines = tuple(s.model for s in tuned if s.model in REGISTRY)
-    calls: list[tuple[tuple[str, ...], TrainConfig, dict[str, ModelSpec]]] = (
-        [(baselines, replace(cfg.train, lr=TrainConfig.lr, seed=0), {})] if baselines else [])
-    calls += [((f"{s.model}*",), replace(cfg.train, lr=float(s.best_params["lr"]), seed=0),
-               {f"{s.model}*": spec}) for s in tuned if (spec := s.best_spec) is not None]
+    baselines = tuple(dict.fromkeys(s.model for s in tuned if s.model in REGISTRY))
+    calls: list[tuple[tuple[str, ...], TrainConfig, dict[str, ModelSpec], StudySummary | None]] = (
+        [(baselines, replace(cfg.train, lr=TrainConfig.lr, seed=0), {}, None)] if baselines else [])
+    calls += [((tuned_name(s.model, s.index),), replace(cfg.train, lr=float(s.best_params["lr"]), seed=0),
+               {tuned_name(s.model, s.index): spec}, s) for s in tuned if (spec := s.best_spec) is not None]
     rows: dict[str, list[RunRow]] = {}
-    for models, train_cfg, extra in calls:
+    for models, train_cfg, extra, study in calls:
         ccfg = CompareConfig(experiment=cfg.final_experiment, dataset=cfg.dataset, models=models,
                              seeds=cfg.seeds, train=train_cfg, specs={**REGISTRY, **extra}, device=cfg.device,
                              workers=cfg.workers)
         say(f"final: {', '.join(f'{m} ({ccfg.spec(m).describe()})' for m in models)}, lr {train_cfg.lr:g}, "
-            f"x{cfg.seeds} seeds -> experiment {cfg.final_experiment!r}")
+            f"x{cfg.seeds} seeds -> experiment {cfg.final_experiment!r}"
+            + (f" (study {study.name!r})" if study is not None else ""))
         found, _ = compare(ccfg, ctx, on_event)
         for m in models:
             rows[m] = [r for r in found if r.model == m]
-    return dict(sorted(rows.items(), key=lambda kv: (kv[0].rstrip("*"), kv[0])))
+        if study is not None:  # the budget as of now: a study that ran more trials but kept its best updates it
+            tag = {TAG_TUNED_BY: json.dumps(study.budget(cfg), sort_keys=True)}
+            for r in rows[models[0]]:
+                if r.run_id:
+                    ctx.tracker.set_tags(r.run_id, tag)
+    specs = {m: spec for _, _, extra, _ in calls for m, spec in extra.items()}
+    return dict(sorted(rows.items(), key=lambda kv: parse_tuned(kv[0]) or (kv[0], 0))), specs

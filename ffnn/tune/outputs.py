@@ -35,23 +35,46 @@ class StudySummary:
     files: list[Path] = field(default_factory=list)
     parent_run_id: str = ""
     notes: list[str] = field(default_factory=list)
+    index: int = 1  # replicate study 1..K of its family (--studies)
+    sampler_seed: int = 0  # the one this study samples with (``search.study_seed``)
+    search_seconds: float = 0.0  # wall time of every invocation on the study, summed
+    best_at: int | None = None  # the best trial's place among the finished trials, 1-based
+    top: list[float] = field(default_factory=list)  # the best TOP complete trials' values, best first, percent
 
     @property
     def trials_per_minute(self) -> float:
         return 60.0 * self.finished_now / self.seconds if self.seconds > 0 else math.nan
 
+    def budget(self, cfg: TuneConfig) -> dict:
+        """What a report needs to judge this study's search: its budget and when its best trial came (the
+        ``TAG_TUNED_BY`` tag of the runs retrained from it)."""
+        st = self.states
+        return {"study": self.name, "family": self.model, "index": self.index, "sampler_seed": self.sampler_seed,
+                "trials": st.get("COMPLETE", 0) + st.get("PRUNED", 0), "complete": st.get("COMPLETE", 0),
+                "pruned": st.get("PRUNED", 0), "failed": st.get("FAIL", 0), "seconds": round(self.search_seconds, 1),
+                "best_trial": self.best_number, "best_at": self.best_at, "top": [round(v, 4) for v in self.top],
+                "trial_seeds": cfg.trial_seeds, "iters": cfg.train.iters, "sampler": cfg.sampler}
+
+
+TOP = 5  # trials whose spread tells whether a search has settled (the report's convergence check)
+WALL_ATTR = "ffnn_wall_seconds"  # study user attr: the invocations' wall time on the study, summed
+
 
 def summarize(cfg: TuneConfig, model: str, study: optuna.Study, finished: int, seconds: float,
-              parent_id: str) -> StudySummary:
+              parent_id: str, index: int = 1) -> StudySummary:
     trials = study.get_trials(deepcopy=False)
     s = StudySummary(model, study.study_name, dict(Counter(t.state.name for t in trials)), finished, seconds,
-                     parent_run_id=parent_id)
+                     parent_run_id=parent_id, index=index, sampler_seed=cfg.sampler_seed)
+    s.search_seconds = float(study.user_attrs.get(WALL_ATTR, seconds))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial
         s.best_number, s.best_value, s.best_params = best.number, best.value, dict(best.params)
         s.best_per_seed = list(best.user_attrs.get("val_accuracy_per_seed", []))
         s.best_spec = spec_of(best.params, cfg.families[model])
+        done = [t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        s.best_at = done.index(best.number) + 1
+        s.top = sorted((float(t.value) for t in complete if t.value is not None), reverse=True)[:TOP]
     return s
 
 
@@ -75,7 +98,7 @@ def write_outputs(study: optuna.Study, s: StudySummary, out: Path, cfg: TuneConf
             "hidden_sizes": s.best_spec.hidden_str if s.best_spec else None,
             "spec": s.best_spec.describe() if s.best_spec else None,
             "train": {k: v for k, v in cfg.train.as_dict().items() if k != "lr"},
-            "val_size": cfg.val_size, "split_seed": cfg.split_seed, "dataset": cfg.dataset}
+            "val_size": cfg.val_size, "split_seed": cfg.split_seed, "dataset": cfg.dataset, "budget": s.budget(cfg)}
     files["best_params.json"] = json.dumps(best, indent=2) + "\n"
     if not study.get_trials(deepcopy=False):
         return write_all(out, files, "study's outputs", Fault), notes

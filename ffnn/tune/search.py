@@ -4,7 +4,9 @@ Reproducible: trial ``n`` of a study is sampled by a sampler seeded with ``trial
 ``--sampler-seed``. Given the same finished trials it samples the same point, so the same command on a
 fresh study samples the same configurations (the driver asks and tells in batches, in trial-number order);
 processes sharing a study get distinct trial numbers from the storage, hence distinct seeds, and a resume
-samples new points.
+samples new points. Replicate study k (``--studies K``) is a study of its own, ``tune-C-s<k>``, whose N is
+``study_seed(N, k)``: independent searches of the same space, as a benchmark must vary its hyperparameter
+search (X. Bouthillier et al., Accounting for variance in machine learning benchmarks, MLSys 2021).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,25 @@ def trial_seed(sampler_seed: int, number: int) -> int:
     ``trial_seed(7, 0) != trial_seed(7, 1) != trial_seed(8, 0)``
     """
     return int(np.random.SeedSequence([sampler_seed, number]).generate_state(1)[0])
+
+
+def study_seed(sampler_seed: int, study: int) -> int:
+    """The sampler seed of replicate study ``study`` (1-based): study 1 keeps ``sampler_seed``, so a study from
+    before --studies replays and resumes as it did; study k >= 2 takes the first word of numpy's
+    ``SeedSequence(sampler_seed, spawn_key=(k,))``, a child stream independent of the parent's.
+
+    ``study_seed(7, 1) == 7``; ``study_seed(7, 2) != study_seed(7, 3) != study_seed(8, 2)``
+    """
+    if study == 1:
+        return sampler_seed
+    return int(np.random.SeedSequence(sampler_seed, spawn_key=(study,)).generate_state(1)[0])
+
+
+def replicate(cfg: TuneConfig, study: int) -> TuneConfig:
+    """The config of replicate study ``study``: its own name (``tune-C-s2``) and sampler seed; ``cfg`` for study 1."""
+    if study == 1:
+        return cfg
+    return replace(cfg, study_name=cfg.name_of("{model}", study), sampler_seed=study_seed(cfg.sampler_seed, study))
 
 
 class PerTrialSeed(optuna.samplers.BaseSampler):

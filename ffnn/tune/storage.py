@@ -115,10 +115,11 @@ class StaleTrials:
         params = {"trial_number": trial.number, **trial.params}
         run = trial_run(self.tracker, self.exp_id, study, trial.number)
         if run is None:
-            model = next((m for m in self.cfg.families if self.cfg.name_of(m) == study.study_name), "")
+            model, k = next(((m, k) for m in self.cfg.families for k in range(1, self.cfg.studies + 1)
+                             if self.cfg.name_of(m, k) == study.study_name), ("", 0))
             parents = self.tracker.find_runs(self.exp_id, {TAG_KIND: "study", TAG_STUDY: study.study_name})
             run_id = self.tracker.start_run(
-                self.exp_id, f"study {run_label(self.cfg, model) if model else study.study_name} trial {trial.number}",
+                self.exp_id, f"study {run_label(self.cfg, model) if k == 1 else study.study_name} trial {trial.number}",
                 params, tags={TAG_KIND: "trial", TAG_STUDY: study.study_name, TAG_TRIAL: str(trial.number),
                               "ffnn.model": model},
                 parent_id=parents[0] if parents else None)

@@ -198,13 +198,41 @@ class StudyRun:
             return None
 
 
-def parent_run(cfg: TuneConfig, model: str, name: str, ctx: Context, exp_id: str) -> str:
-    """The study's one MLflow parent run: created on the first invocation, reopened by later ones."""
+def replicates_run(cfg: TuneConfig, model: str, ctx: Context, exp_id: str) -> str:
+    """The one MLflow run of a family's replicate studies (``--studies K``, K >= 2), each study's parent run a
+    child of it: created on the first invocation, reopened by later ones."""
+    tracker = ctx.tracker
+    keys = {TAG_KIND: "studies", TAG_STUDY: cfg.name_of(model), "ffnn.storage": storage_label(cfg.storage)}
+    tags = {"ffnn.studies": str(cfg.studies), "ffnn.base_sampler_seed": str(cfg.sampler_seed)}
+    found = tracker.find_runs(exp_id, keys)
+    if found:
+        tracker.reopen_run(found[0])
+        tracker.set_tags(found[0], tags)  # K may have grown since
+        return found[0]
+    run_id = tracker.start_run(
+        exp_id, f"studies {run_label(cfg, model)}", {"model": model}, tags={**keys, **tags, "ffnn.model": model},
+        description=(f"{cfg.studies} independent Optuna studies of family {model} (study k >= 2 named "
+                     f"{cfg.name_of(model, 2)!r} and so on, each with its own sampler seed from "
+                     f"--sampler-seed {cfg.sampler_seed}); each child run is one study. The spread of what they "
+                     f"find is what a claim about the architecture must account for."))
+    oldest = tracker.find_runs(exp_id, keys)[0]
+    if oldest != run_id:  # another invocation created one at the same moment: both keep the older
+        tracker.delete_run(run_id)
+        tracker.reopen_run(oldest)
+        return oldest
+    return run_id
+
+
+def parent_run(cfg: TuneConfig, model: str, name: str, ctx: Context, exp_id: str, group: str | None = None) -> str:
+    """The study's one MLflow parent run: created on the first invocation, reopened by later ones; a child of
+    ``group`` (its family's ``replicates_run``) when given, a study from before --studies moved under it."""
     tracker = ctx.tracker
     keys = {TAG_KIND: "study", TAG_STUDY: name, "ffnn.storage": storage_label(cfg.storage)}
     found = tracker.find_runs(exp_id, keys)
     if found:
         tracker.reopen_run(found[0])
+        if group:  # MLflow nests a run under the run its parentRunId tag names
+            tracker.set_tags(found[0], {"mlflow.parentRunId": group})
         return found[0]
     fam, t = cfg.families[model], cfg.train
     spec = ctx.dataset
@@ -218,7 +246,7 @@ def parent_run(cfg: TuneConfig, model: str, name: str, ctx: Context, exp_id: str
     run_id = tracker.start_run(
         exp_id, f"study {run_label(cfg, model)}", params,
         tags={**keys, "ffnn.model": model, "ffnn.torch_version": torch.__version__,
-              "ffnn.dataset_sha256": spec.digest},
+              "ffnn.dataset_sha256": spec.digest}, parent_id=group,
         description=(f"Optuna study {name!r} ({storage_label(cfg.storage)}): {fam.depth} hidden "
                      f"{fam.activation} layer(s) of {fam.width[0]}-{fam.width[1]} units, lr {fam.lr[0]:g}-"
                      f"{fam.lr[1]:g}, {t.iters} steps of {t.batch_size}; objective: accuracy on {cfg.val_size} "
