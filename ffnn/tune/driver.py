@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -28,10 +27,10 @@ from ..compare import RunRow, compare
 from ..config import CompareConfig, ConfigError, TuneConfig, validate_train
 from ..context import Context
 from ..engine import Engine, worker_count
-from ..errors import Fault, Interrupted, UserError, ignore_interrupts, install_interrupt_handlers, stop_line
+from ..errors import Fault, Interrupted, UserError, ignore_interrupts, stop_line
 from ..events import Listener, Note, ignore
 from ..models import REGISTRY, ModelSpec, parse_tuned, tuned_name
-from ..tracking import TAG_FAILURE, TAG_TUNED_BY, heartbeat_interval, sqlite_path
+from ..tracking import TAG_DEVICE_NAME, TAG_FAILURE, TAG_TUNED_BY, heartbeat_interval, sqlite_path
 from ..train import TrainConfig
 from ..train.trials import load_split, plan_stacks, trial_work
 from .outputs import WALL_ATTR, StudySummary, summarize, write_outputs
@@ -78,7 +77,6 @@ def tune(cfg: TuneConfig, ctx: Context, on_event: Listener = ignore) -> TuneResu
 
     result = TuneResult([], storage_label(cfg.storage), tracker.uri, workers)
     engine: Engine | None = None
-    old_handlers = install_interrupt_handlers()
     graceful = False
     try:
         if cfg.n_trials:
@@ -90,8 +88,6 @@ def tune(cfg: TuneConfig, ctx: Context, on_event: Listener = ignore) -> TuneResu
             result.studies += _run_studies(cfg, model, storage, stale, ctx, exp_id, engine, workers, say)
         graceful = True
     finally:
-        for signum, handler in old_handlers.items():
-            signal.signal(signum, handler)
         if engine is not None:
             engine.close(graceful)
     if cfg.final:
@@ -171,7 +167,7 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
     parent_id = parent_run(cfg, model, name, ctx, exp_id, group)
     tracker.set_tags(parent_id, {"ffnn.sampler": cfg.sampler, "ffnn.pruner": cfg.pruner,
                                  "ffnn.sampler_seed": str(cfg.sampler_seed), "ffnn.trial_seeds": str(cfg.trial_seeds),
-                                 "ffnn.n_trials_requested": str(cfg.n_trials), "ffnn.device_name": ctx.device_name,
+                                 "ffnn.n_trials_requested": str(cfg.n_trials), TAG_DEVICE_NAME: ctx.device_name,
                                  "ffnn.optuna_version": optuna.__version__, "ffnn.study_index": str(index)})
     study.set_user_attr("ffnn_study", {"index": index, "sampler_seed": cfg.sampler_seed})
     st = StudyRun(cfg, model, study, storage, stale, tracker, exp_id, parent_id, ctx.device, say, sized=ctx.sized)

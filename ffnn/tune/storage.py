@@ -23,13 +23,22 @@ from optuna.trial import TrialState
 
 from ..config import TuneConfig
 from ..errors import UserError
-from ..tracking import TAG_FAILURE, TAG_KIND, Run, Tracker, heartbeat_grace, heartbeat_interval, pid_alive, use_wal
+from ..tracking import (
+    TAG_FAILURE,
+    TAG_KIND,
+    TAG_MODEL,
+    TAG_STATE,
+    TAG_STUDY,
+    TAG_TRIAL,
+    Run,
+    Tracker,
+    heartbeat_grace,
+    heartbeat_interval,
+    pid_alive,
+    trial_runs,
+    use_wal,
+)
 
-TAG_STUDY = "ffnn.study"  # the Optuna study name, on the study's parent run and on every trial run
-# the trial's number, set when its run is created (in the same write): a process killed before the run's
-# params were logged leaves a run that is still found as its trial's, and never a second run for it
-TAG_TRIAL = "ffnn.trial_number"
-TAG_STATE = "ffnn.trial_state"  # COMPLETE, PRUNED or FAIL (Optuna's names); RUNNING meanwhile
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 OnStale = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -121,7 +130,7 @@ class StaleTrials:
             run_id = self.tracker.start_run(
                 self.exp_id, f"study {run_label(self.cfg, model) if k == 1 else study.study_name} trial {trial.number}",
                 params, tags={TAG_KIND: "trial", TAG_STUDY: study.study_name, TAG_TRIAL: str(trial.number),
-                              "ffnn.model": model},
+                              TAG_MODEL: model},
                 parent_id=parents[0] if parents else None)
         else:
             run_id = run.info.run_id
@@ -132,7 +141,7 @@ class StaleTrials:
 
 def trial_run(tracker: Tracker, exp_id: str, study: optuna.Study, number: int) -> Run | None:
     """The MLflow run of trial ``number``, found by its tags (by its params for runs from before the tag)."""
-    base = f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_STUDY}` = '{study.study_name}'"
+    base = trial_runs(study.study_name)
     runs = tracker.search(exp_id, f"{base} and tags.`{TAG_TRIAL}` = '{number}'") or \
         tracker.search(exp_id, f"{base} and params.trial_number = '{number}'")
     return runs[0] if runs else None
@@ -224,8 +233,7 @@ def reconcile(study: optuna.Study, tracker: Tracker, exp_id: str) -> int:
     two writes); return how many."""
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     n = 0
-    for r in tracker.search(exp_id, f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_STUDY}` = '{study.study_name}' "
-                                    f"and attributes.status = 'RUNNING'"):
+    for r in tracker.search(exp_id, trial_runs(study.study_name, "RUNNING")):
         state = states.get(trial_number(r))
         if state in MLFLOW_STATUS:
             tracker.end_run(r.info.run_id, MLFLOW_STATUS[state], {TAG_STATE: state})

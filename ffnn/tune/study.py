@@ -24,7 +24,7 @@ from ..config import TuneConfig
 from ..context import Context
 from ..errors import deferring
 from ..models import ModelSpec, count_params
-from ..tracking import TAG_FAILURE, TAG_KIND, Tracker, owner
+from ..tracking import TAG_FAILURE, TAG_KIND, TAG_MODEL, TAG_SPEC, TAG_TORCH, Tracker, owner
 from ..train.trials import Outcome, TrialEval, TrialJob, TrialStack
 from .search import suggest
 from .storage import (
@@ -93,7 +93,7 @@ class StudyRun:
             self.exp_id, f"study {self.label} trial {trial.number}", params,
             tags={TAG_KIND: "trial", TAG_STUDY: self.study.study_name, TAG_TRIAL: str(trial.number),
                   TAG_STATE: "RUNNING",
-                  "ffnn.model": self.model, "ffnn.spec": spec.describe()},
+                  TAG_MODEL: self.model, TAG_SPEC: spec.describe()},
             parent_id=self.parent_id)
         for k, v in {"mlflow_run_id": run_id, "hidden_sizes": spec.hidden_str, "seeds": list(job.seeds)}.items():
             trial.set_user_attr(k, v)
@@ -210,7 +210,7 @@ def replicates_run(cfg: TuneConfig, model: str, ctx: Context, exp_id: str) -> st
         tracker.set_tags(found[0], tags)  # K may have grown since
         return found[0]
     run_id = tracker.start_run(
-        exp_id, f"studies {run_label(cfg, model)}", {"model": model}, tags={**keys, **tags, "ffnn.model": model},
+        exp_id, f"studies {run_label(cfg, model)}", {"model": model}, tags={**keys, **tags, TAG_MODEL: model},
         description=(f"{cfg.studies} independent Optuna studies of family {model} (study k >= 2 named "
                      f"{cfg.name_of(model, 2)!r} and so on, each with its own sampler seed from "
                      f"--sampler-seed {cfg.sampler_seed}); each child run is one study. The spread of what they "
@@ -245,7 +245,7 @@ def parent_run(cfg: TuneConfig, model: str, name: str, ctx: Context, exp_id: str
     seeds = f"seed {t.seed}" if cfg.trial_seeds == 1 else f"the mean over seeds {t.seed}-{t.seed + cfg.trial_seeds - 1}"
     run_id = tracker.start_run(
         exp_id, f"study {run_label(cfg, model)}", params,
-        tags={**keys, "ffnn.model": model, "ffnn.torch_version": torch.__version__,
+        tags={**keys, TAG_MODEL: model, TAG_TORCH: torch.__version__,
               "ffnn.dataset_sha256": spec.digest}, parent_id=group,
         description=(f"Optuna study {name!r} ({storage_label(cfg.storage)}): {fam.depth} hidden "
                      f"{fam.activation} layer(s) of {fam.width[0]}-{fam.width[1]} units, lr {fam.lr[0]:g}-"
