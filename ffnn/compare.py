@@ -54,11 +54,10 @@ from .tracking import (
 from .train import DivergenceRule
 from .train.jobs import Job, JobResult, StackJob, run_stack
 
-CPU_MAX_STACK = 10  # seeds per stack on the CPU: more costs there (two processes, a seed of C / E took
-# 1.59-1.60 / 2.22-2.26 s at 10, 1.72 / 2.34 s at 50; the matmuls are at peak, a stack's weights fall out
-# of cache), and a kill -9 loses at most that many seeds per process
-CUDA_MAX_STACK = 250  # seeds per stack on a GPU: 15 ms a seed of C on an H200 (14 at 1000), and the
-# next stack trains while this one is written to MLflow
+CPU_MAX_STACK = 10  # seeds per stack on the CPU: the matmuls are at peak already, larger stacks' weights fall out
+# of cache (README: *How it is fast*), and a kill -9 loses at most that many seeds per process
+CUDA_MAX_STACK = 250  # seeds per stack on a GPU: past it a seed costs no less (README: *Measured on a GPU*),
+# and the next stack trains while this one is written to MLflow
 
 
 @dataclass

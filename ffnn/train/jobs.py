@@ -73,8 +73,8 @@ def run_stack(ds: Dataset, stack: StackJob, ask: Callable | None = None) -> list
     """Train one stack on the process's dataset; a diverged seed comes back as an error, not an exception."""
     c = stack.cfg
     start = int(time.time() * 1000)
-    # on the CPU the batches are gathered as uint8 pixels, a quarter of the bytes of x_train: a seed of A, C
-    # or E took 4-6 % less time with two processes at once; the numbers are the same
+    # on the CPU the batches are gathered as uint8 pixels, a quarter of the bytes of x_train (less memory
+    # traffic per step, the same numbers)
     x = ds.pixels_train if ds.pixels_train is not None and ds.x_train.device.type == "cpu" else ds.x_train
     res = train_stacked(stack.spec, stack.seeds, [c.lr] * len(stack.seeds), c.batch_size, c.iters, c.eval_every,
                         x, ds.y_train, ds.x_test, ds.y_test, stack.rule)
