@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="training processes (default: one per CPU core)")
     p.add_argument("--stack-size", type=int, default=None,
                    help="seeds of one model trained together in one pass (default: chosen for the device)")
+    p.add_argument("--log-models", choices=["best", "all"], default=None,
+                   help="which runs log their network as an MLflow LoggedModel: each model's best seed (every run "
+                        "keeps its weights as weights.pt), or every run (default: the file's, best)")
     p.add_argument("--divergence-threshold", type=float, default=None,
                    help="a seed whose training loss stays above this for --divergence-window steps is stopped "
                         "and recorded FAILED (default 10 ln 10 = 23.03; a non-finite loss always is)")

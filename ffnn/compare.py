@@ -31,6 +31,7 @@ from .errors import Fault, Interrupted, UserError, deferred_interrupts, ignore_i
 from .events import Listener, Note, Planned, Trained, ignore
 from .memory import fit, human
 from .models import build_model, count_params
+from .registry import log_best_models
 from .tracking import (
     CHILD_RUNS,
     TAG_DATASET_SHA,
@@ -141,7 +142,10 @@ def compare(cfg: CompareConfig, ctx: Context, on_event: Listener = ignore) -> tu
     on_event(Planned(len(all_jobs) - len(todo), len(all_jobs)))
     if todo:
         _Comparison(cfg, ctx, exp_id, on_event, caps, finished_before=len(all_jobs) - len(todo)).train(todo)
-    return _rows(tracker, exp_id, all_jobs, cfg.dataset), exp_id
+    rows = _rows(tracker, exp_id, all_jobs, cfg.dataset)
+    if cfg.log_models == "best":  # also when nothing was trained: a comparison cut short may have left it to do
+        log_best_models(tracker, exp_id, rows, cfg.spec, lambda m: cfg.train_of(m).iters, ctx.input_example())
+    return rows, exp_id
 
 
 class _Comparison:
@@ -298,7 +302,8 @@ class _Comparison:
                 self.tracker.log_dataset(run_id, self.cfg.dataset, self.ctx.dataset.digest,
                                          str(self.ctx.folder.resolve()), self.ctx.n_train, self.ctx.n_test)
                 # the run stays open (and is ended FAILED with the cause) until it is recorded whole
-                _record(self.tracker, self.exp_id, run_id, r, self.open_runs[run_id], self.example)
+                _record(self.tracker, self.exp_id, run_id, r, self.open_runs[run_id],
+                        self.example if self.cfg.log_models == "all" else None)
                 del self.open_runs[run_id]
             self.writing = None
             self.finished += r.error is None
@@ -312,9 +317,10 @@ class _Comparison:
                              for s in stack.seeds])
 
 
-def _record(tracker: Tracker, exp_id: str, run_id: str, r: JobResult, params: dict, example: np.ndarray) -> None:
-    """A seed's params, metrics and tags (one write), then its network (linked to the final metrics), then its
-    end."""
+def _record(tracker: Tracker, exp_id: str, run_id: str, r: JobResult, params: dict,
+            example: np.ndarray | None) -> None:
+    """A seed's params, metrics and tags (one write), then its network, then its end. The network is a
+    LoggedModel (linked to the final metrics) given the ``example`` it takes, else its ``weights.pt``."""
     tags = {TAG_ENGINE: r.engine, TAG_STACK_SIZE: str(r.stack_size)} if r.engine else {}
     if r.device_name:
         tags[TAG_DEVICE_NAME] = r.device_name
@@ -325,10 +331,19 @@ def _record(tracker: Tracker, exp_id: str, run_id: str, r: JobResult, params: di
             tags[TAG_TEST_CORRECT] = r.test_correct
         tracker.log_run(run_id, series, {"final_test_accuracy": r.accuracy, "train_seconds": r.seconds,
                                          "stack_seconds": r.stack_seconds}, r.job.cfg.iters, tags, params)
-        model = build_model(r.job.spec)
-        model.load_state_dict(torch.load(io.BytesIO(r.weights)))
-        tracker.log_torch_model(run_id, exp_id, model, example, r.job.cfg.iters)
-        tracker.end_run(run_id, "FINISHED")
+        logged = None
+        if example is None:
+            tracker.log_weights(run_id, r.weights)
+        else:
+            model = build_model(r.job.spec)
+            model.load_state_dict(torch.load(io.BytesIO(r.weights)))
+            logged = tracker.log_torch_model(run_id, exp_id, model, example, r.job.cfg.iters, params)
+        try:
+            tracker.end_run(run_id, "FINISHED")
+        except BaseException:  # the run ends FAILED (_close_all): no model of it stays behind
+            if logged is not None:
+                tracker.delete_model(logged)
+            raise
     else:
         tags[TAG_FAILURE] = r.error.splitlines()[0][:500]
         if r.failed_step is not None:
@@ -341,8 +356,9 @@ def experiment_description(experiment: str) -> str:
     """What a comparison experiment holds and which commands fill it (Markdown; the MLflow UI shows it)."""
     return (f"Made by `ffnn compare --experiment {experiment}` and `ffnn tune --final` (tuned models, named "
             f"like `C*`). One parent run per invocation, with system metrics; one nested run per (model, seed): "
-            f"parameters, test accuracy per evaluation, `final_test_accuracy`, and the trained network as an "
-            f"MLflow PyTorch model (`runs:/RUN_ID/model`). Statistics: `ffnn report --experiment {experiment}` "
+            f"parameters, test accuracy per evaluation, `final_test_accuracy` and the trained network "
+            f"(`weights.pt`); each model's best seed also as an MLflow LoggedModel (`runs:/RUN_ID/model`, the "
+            f"Models tab; `--log-models all`: every run). Statistics: `ffnn report --experiment {experiment}` "
             f"writes reports/{experiment}/.")
 
 

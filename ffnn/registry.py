@@ -1,13 +1,19 @@
-"""``--register``: each model's best seed in the MLflow Model Registry, as ``models:/<experiment>-<model>@best``."""
+"""Each model's best seed: its LoggedModel (``--log-models best``) and, with ``--register``, its place in the MLflow
+Model Registry as ``models:/<experiment>-<model>@best``."""
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .compare import RunRow
+    from .models import ModelSpec
     from .tracking import Tracker
 
 
@@ -28,6 +34,30 @@ def best_rows(rows: list[RunRow]) -> dict[str, RunRow]:
                 (r.model not in best or r.accuracy > best[r.model].accuracy):
             best[r.model] = r
     return best
+
+
+def log_best_models(tracker: Tracker, exp_id: str, rows: list[RunRow], spec_of: Callable[[str], ModelSpec],
+                    iters_of: Callable[[str], int], example: np.ndarray) -> int:
+    """A LoggedModel for each model's best FINISHED seed that has none yet, rebuilt from its ``weights.pt``
+    (runs logged before ffnn kept weights have their model already); returns how many were logged. A seed
+    added later that does better gets its own, and the earlier best keeps its."""
+    import torch
+
+    from .models import build_model
+
+    logged = 0
+    for model, r in best_rows(rows).items():
+        if tracker.model_id(r.run_id) is not None:
+            continue
+        weights = tracker.weights(r.run_id)
+        if weights is None:
+            continue
+        net = build_model(spec_of(model))
+        net.load_state_dict(torch.load(io.BytesIO(weights)))
+        tracker.log_torch_model(r.run_id, exp_id, net, example, iters_of(model),
+                                tracker.client.get_run(r.run_id).data.params)
+        logged += 1
+    return logged
 
 
 def register_best(experiment: str, tracker: Tracker, rows: list[RunRow]) -> list[Registered]:

@@ -9,11 +9,13 @@ import os
 import random
 import signal
 import subprocess
+import tempfile
 import time
 from collections import Counter
 
 import optuna
 import pytest
+import torch
 from conftest import cli_command, tune_toml
 
 from ffnn.tracking import Tracker
@@ -62,9 +64,14 @@ def check_store(uri: str, experiment: str, kind: str, tmp_path) -> None:
     if kind == "compare":  # every (model, seed) once: nothing lost
         seeds = sorted((r.data.params["model"], r.data.params["seed"]) for r in children if r.info.status == "FINISHED")
         assert seeds == sorted((m, str(s)) for m in ("LR", "C", "D") for s in range(4))
+    mlflow.set_tracking_uri(uri)  # runs:/ URIs resolve through it
+    with_model = {m.source_run_id for m in client.search_logged_models(experiment_ids=[exp.experiment_id])}
     for r in children:
-        if r.info.status == "FINISHED":  # the model is whole
-            mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
+        if r.info.status == "FINISHED":  # the network is whole: its weights, and its LoggedModel where it has one
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.load(client.download_artifacts(r.info.run_id, "weights.pt", tmp))
+            if r.info.run_id in with_model:
+                mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
 
 
 def wait_started(proc: subprocess.Popen, log, timeout: float = 60) -> None:

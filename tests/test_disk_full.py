@@ -60,7 +60,8 @@ def run_cli(tiny, *argv: str) -> subprocess.CompletedProcess:
 def compare_argv(tmp_path, store: Path, *extra: str) -> list[str]:
     return ["compare", "--dataset", "tiny", "--data-dir", str(tmp_path / "data"),
             "--tracking-uri", f"sqlite:///{store}", "--experiment", "full", "--models", ",".join(MODELS),
-            "--seeds", str(SEEDS), "--iters", "300", "--eval-every", "100", "--batch-size", "20", *extra]
+            "--seeds", str(SEEDS), "--iters", "300", "--eval-every", "100", "--batch-size", "20",
+            "--log-models", "all", *extra]  # every run a LoggedModel: the writes a full disk can cut halfway
 
 
 def one_error_line(proc: subprocess.CompletedProcess, command: str) -> str:
@@ -96,10 +97,12 @@ def test_compare_on_a_disk_that_fills_up_fails_clean_and_the_rerun_completes(tin
 
     import mlflow.pytorch
     import torch
+    mlflow.set_tracking_uri(f"sqlite:///{store}")  # runs:/ URIs resolve through it
     for r in finished:  # every FINISHED run's model is whole
         model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
         assert model(torch.zeros(1, 784)).shape == (1, 10)
-    kept = {o.model_id for r in finished for o in r.outputs.model_outputs}
+    finished_ids = {r.info.run_id for r in runs if r.info.status == "FINISHED"}  # the earlier command's too
+    kept = {m.model_id for m in client.search_logged_models(experiment_ids=[exp]) if m.source_run_id in finished_ids}
     partial = [p for p in disk.path.rglob("model.pth") if not any(m in str(p) for m in kept)]
     assert partial == []  # the failed runs' model files are gone, not truncated
 
@@ -148,7 +151,7 @@ def test_tune_on_a_disk_that_fills_up_ends_every_trial_and_the_study_run_with_th
     import optuna
     client = Tracker.open(f"sqlite:///{store}").client
     runs = client.search_runs([client.get_experiment_by_name("full-tune").experiment_id], max_results=1000)
-    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], proc.stderr
     parent = [r for r in runs if r.data.tags.get("ffnn.kind") == "study"]
     assert [p.info.status for p in parent] == ["FAILED"] and "no space left on" in parent[0].data.tags["ffnn.failure"]
     trials = optuna.load_study(study_name="tune-C", storage=storage).get_trials(deepcopy=False)

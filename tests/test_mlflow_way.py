@@ -20,6 +20,7 @@ from conftest import cli_command, tune_toml
 from mlflow import MlflowClient
 
 from ffnn import cli, data
+from ffnn.models import REGISTRY, build_model
 from ffnn.tracking import BEST_ALIAS, Tracker, free_port, registry_name, telemetry_env
 from ffnn.train import evaluate
 
@@ -61,10 +62,37 @@ def test_registered_best_seed_reproduces_its_logged_test_accuracy(tiny, tmp_path
     assert [v.version for v in MlflowClient(uri).search_model_versions("name = 't-D'")] == [1]
 
 
-def test_every_finished_run_logs_a_model_with_signature_and_example(tiny, tmp_path):
-    """Each run's own network, as a LoggedModel found by the experiment's search."""
+def test_each_models_best_seed_is_a_logged_model_and_every_run_keeps_its_weights(tiny, tmp_path):
+    """The default, ``--log-models best``: one LoggedModel per model, on its best seed (the registry's choice
+    too); the other seeds' networks rebuild from ``weights.pt``; a rerun logs nothing twice."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    assert cli.main(compare_argv(tmp_path, "--models", "LR,C", "--seeds", "2")) == 0
+    assert cli.main(compare_argv(tmp_path, "--models", "LR,C", "--seeds", "3")) == 0
+    runs = finished_children(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t")
+    found = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    best = {}
+    for r in sorted(runs, key=lambda r: int(r.data.params["seed"])):
+        m = r.data.params["model"]
+        if m not in best or r.data.metrics["final_test_accuracy"] > best[m].data.metrics["final_test_accuracy"]:
+            best[m] = r
+    assert sorted(m.source_run_id for m in found) == sorted(r.info.run_id for r in best.values())
+    ds = data.load(tiny, tmp_path / "data")
+    for r in runs:
+        state = torch.load(client.download_artifacts(r.info.run_id, "weights.pt", str(tmp_path / r.info.run_id)))
+        net = build_model(REGISTRY[r.data.params["model"]].sized(ds.x_train.shape[1], int(ds.y_train.max()) + 1))
+        net.load_state_dict(state)
+        assert evaluate(net, ds.x_test, ds.y_test) == pytest.approx(r.data.metrics["final_test_accuracy"], abs=0.01)
+    assert cli.main(compare_argv(tmp_path, "--models", "LR,C", "--seeds", "3", "--register")) == 0
+    assert len(client.search_logged_models(experiment_ids=[exp.experiment_id])) == 2
+    registered = client.get_model_version_by_alias("t-C", "best")
+    assert registered.run_id == best["C"].info.run_id
+
+
+def test_every_finished_run_logs_a_model_with_signature_and_example(tiny, tmp_path):
+    """``--log-models all``: each run's own network, as a LoggedModel found by the experiment's search."""
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert cli.main(compare_argv(tmp_path, "--models", "LR,C", "--seeds", "2", "--log-models", "all")) == 0
     runs = finished_children(uri)
     assert len(runs) == 4
     mlflow.set_tracking_uri(uri)

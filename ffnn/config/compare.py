@@ -22,6 +22,7 @@ class CompareConfig:
     device: str = "auto"  # auto, cpu or cuda
     workers: int = 0  # training processes; 0 = one per CPU core (one on a GPU)
     stack_size: int = 0  # seeds trained together in one pass; 0 = chosen for the device
+    log_models: str = "best"  # LoggedModels: "best" (each model's best seed; every run keeps weights.pt), "all"
     divergence: DivergenceRule = field(default_factory=DivergenceRule)  # when a seed counts as diverged
     recipes: dict[str, TrainConfig] = field(default_factory=dict)  # model -> its own recipe (grid cells on an
     #                                                                 iters or lr axis); the others use `train`
@@ -35,14 +36,15 @@ class CompareConfig:
         return self.recipes.get(name, self.train)
 
 
-TOP_KEYS = {"experiment", "dataset", "models", "seeds", "device", "workers", "stack_size", "train", "specs",
-            "divergence", "grid"}
+TOP_KEYS = {"experiment", "dataset", "models", "seeds", "device", "workers", "stack_size", "log_models", "train",
+            "specs", "divergence", "grid"}
 GRID_KEYS = {"widths", "depths", "activation", "iters", "lr"}
 DIVERGENCE_KEYS = {"threshold", "window"}
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed"}
 # the command-line flags that override a file's values, by their config names (argparse dests)
 COMPARE_FLAGS = ("models", "seeds", "iters", "eval_every", "lr", "batch_size", "device", "dataset", "experiment",
-                 "workers", "stack_size", "divergence_threshold", "divergence_window")
+                 "workers", "stack_size", "log_models", "divergence_threshold", "divergence_window")
+LOG_MODELS = ("best", "all")
 SPEC_KEYS = {"hidden", "activation"}
 
 
@@ -157,10 +159,17 @@ def build_compare_config(file_values: dict[str, Any], overrides: dict[str, Any])
         device=device,
         workers=integer("workers", values.get("workers", 0), minimum=0),
         stack_size=integer("stack_size", values.get("stack_size", 0), minimum=0),
+        log_models=_log_models(values.get("log_models", CompareConfig.log_models)),
         divergence=divergence,
         recipes=recipes,
         grid=grid,
     )
+
+
+def _log_models(value: Any) -> str:
+    if value not in LOG_MODELS:
+        raise ConfigError(f"log_models must be one of {', '.join(LOG_MODELS)}, got {value!r}")
+    return str(value)
 
 
 def parse_divergence(table: dict[str, Any]) -> DivergenceRule:

@@ -33,6 +33,8 @@ for _name in ("alembic", "mlflow"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 # it warns at every model that pickled models run code when loaded (README: load models from stores you trust)
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+# a store error is raised to ffnn as well, which says it in one line: MLflow's own ERROR with its traceback goes
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # the system-metrics sampler is a background thread: a lost server is reported once, by the command
 logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
 

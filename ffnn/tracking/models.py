@@ -8,19 +8,19 @@ import errno
 import functools
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelStatus
+from mlflow.entities import LoggedModel
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from ..errors import TrackingError, no_space
-from .schema import BEST_ALIAS, MODEL_PATH
+from .schema import BEST_ALIAS, MODEL_PATH, WEIGHTS_FILE
 from .sqlite import local_path
 from .translate import writes_finish_before_interrupts
 
@@ -68,7 +68,6 @@ class ModelStore:
     client: MlflowClient
     _artifact_uris: dict[str, str]
     _signatures: dict[tuple, ModelSignature]
-    _model_experiment: str | None
     _warming: threading.Thread | None
 
     def _artifact_repo(self, run_id: str):
@@ -106,48 +105,68 @@ class ModelStore:
                 repo.log_artifact(str(p), artifact_path)
 
     # models ----------------------------------------------------------------
+    def log_weights(self, run_id: str, weights: bytes) -> None:
+        """The network's ``state_dict`` (``torch.save``'s bytes) as the run's artifact ``weights.pt``: what a
+        run without a LoggedModel keeps, so that its network can be rebuilt and logged later."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / WEIGHTS_FILE
+            path.write_bytes(weights)
+            self.log_paths(run_id, [path])
+
+    def weights(self, run_id: str) -> bytes | None:
+        """The run's ``weights.pt``, or None if it has none."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return Path(self.client.download_artifacts(run_id, WEIGHTS_FILE, tmp)).read_bytes()
+            except (MlflowException, OSError):
+                return None
+
     def log_torch_model(self, run_id: str, experiment_id: str, model: torch.nn.Module, input_example: np.ndarray,
-                        step: int) -> str:
+                        step: int, params: Mapping[str, object] | None = None) -> LoggedModel:
         """``model`` as the run's MLflow 3 LoggedModel ``model``, through ``mlflow.pytorch.log_model``; returns
-        its model id. Loadable as ``runs:/<run_id>/model`` or ``models:/<model_id>``, listed in the experiment's
-        Models tab and by ``search_logged_models``; the run's metrics at ``step`` (the final ones) are linked
-        to it. ``input_example``: (k, n_features) float32 inputs as the model takes them; the signature is
-        inferred from it and the model's output. The pip requirements are given (``model_requirements``), not
-        inferred. A model whose files could not all be written is deleted, files and entity.
+        it (as created, before it was READY). Loadable as ``runs:/<run_id>/model`` or ``models:/<model_id>``,
+        listed in the experiment's Models tab and by ``search_logged_models``, with the run's ``params``; the
+        run's metrics at ``step`` (the final ones) are linked to it. ``input_example``: (k, n_features) float32
+        inputs as the model takes them; the signature is inferred from it and the model's output. The pip
+        requirements are given (``model_requirements``), not inferred. A model whose files could not all be
+        written is deleted, files and entity: it is created first (``initialize_logged_model``), so that its id
+        and folder are known.
         """
         import mlflow.pytorch
 
         self._wait_warm_up()
         model = model.cpu().eval()
-        # log_model's LoggedModel goes to the fluent API's experiment; only the recording thread calls it
-        mlflow.set_tracking_uri(self.uri)
-        if self._model_experiment != experiment_id:
-            mlflow.set_experiment(experiment_id=experiment_id)
-            self._model_experiment = experiment_id
+        mlflow.set_tracking_uri(self.uri)  # log_model resolves the store through the fluent API
         shape = (tuple(list(model.parameters())[-1].shape), input_example.shape)  # ffnn's nets end in a Linear
         if shape not in self._signatures:
             self._signatures[shape] = _signature(model, input_example)
+        logged = mlflow.initialize_logged_model(name=MODEL_PATH, source_run_id=run_id, experiment_id=experiment_id,
+                                                params={k: str(v) for k, v in (params or {}).items()})
         try:
-            info = mlflow.pytorch.log_model(model, name=MODEL_PATH, signature=self._signatures[shape],
-                                            input_example=input_example, pip_requirements=model_requirements(),
-                                            serialization_format="pickle", step=step,
-                                            run_id=run_id)  # Model.log's run_id: the run need not be active
+            mlflow.pytorch.log_model(model, name=MODEL_PATH, signature=self._signatures[shape],
+                                     input_example=input_example, pip_requirements=model_requirements(),
+                                     serialization_format="pickle", step=step, model_id=logged.model_id,
+                                     run_id=run_id)  # Model.log's run_id: the run need not be active
         except BaseException as e:
-            self._delete_unfinished_models(experiment_id, run_id)
+            self.delete_model(logged)
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 raise no_space(f"the model of run {run_id} in {self.uri}") from e
             raise
-        return info.model_id
+        return logged
 
-    def _delete_unfinished_models(self, experiment_id: str, run_id: str) -> None:
-        """The run's LoggedModels that are not READY (a save that failed halfway), files first."""
+    def delete_model(self, logged: LoggedModel) -> None:
+        """A LoggedModel's files, then the entity; each may fail on the store that failed the model."""
+        with contextlib.suppress(Exception):
+            get_artifact_repository(logged.artifact_location, tracking_uri=self.uri).delete_artifacts()
+        with contextlib.suppress(Exception):
+            self.client.delete_logged_model(logged.model_id)
+
+    def delete_models(self, experiment_id: str, run_id: str) -> None:
+        """The run's LoggedModels, files first: what a run that could not be recorded whole leaves behind."""
         with contextlib.suppress(Exception):
             for m in self.client.search_logged_models(experiment_ids=[experiment_id],
                                                       filter_string=f"source_run_id = '{run_id}'"):
-                if m.status != LoggedModelStatus.READY:
-                    with contextlib.suppress(Exception):
-                        get_artifact_repository(m.artifact_location, tracking_uri=self.uri).delete_artifacts()
-                    self.client.delete_logged_model(m.model_id)
+                self.delete_model(m)
 
     def model_id(self, run_id: str) -> str | None:
         """The LoggedModel the run logged (its last), or None."""

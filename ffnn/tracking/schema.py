@@ -55,7 +55,8 @@ RUN_COLUMNS = {"run_id": "run_id", "experiment_id": "experiment_id", "status": "
 # MLflow 3's UI shows an experiment as a runs table (not as GenAI traces) when it has this tag.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
-MODEL_PATH = "model"  # the artifact folder of a run's trained network (MLflow PyTorch flavor)
+MODEL_PATH = "model"  # the name of a run's LoggedModel (MLflow PyTorch flavor): runs:/<run_id>/model
+WEIGHTS_FILE = "weights.pt"  # a run's network as torch.save(state_dict), where it has no LoggedModel
 BEST_ALIAS = "best"  # registry alias of each model's best seed
 
 

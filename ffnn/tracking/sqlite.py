@@ -4,6 +4,7 @@ lock that serialises its creation, and the space kept free for clean-up on a ful
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -100,11 +101,17 @@ class SpaceReserve:
         self.path = db.with_name(f".{db.name}.reserve-{host()}-{os.getpid()}") if db is not None else None
         if self.path is None:
             return
-        try:
-            with open(self.path, "wb") as f:
-                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
-        except OSError:  # no room even for this, or a file system without fallocate: no reserve
-            self.release()
+        size = RESERVE_BYTES
+        while True:  # on a disk that is nearly full already, as much of it as there is room for
+            try:
+                with open(self.path, "wb") as f:
+                    os.posix_fallocate(f.fileno(), 0, size)
+                return
+            except OSError as e:
+                if e.errno != errno.ENOSPC or size <= RESERVE_BYTES // 16:  # no fallocate, or no room at all
+                    self.release()
+                    return
+                size //= 2
 
     def release(self) -> None:
         if self.path is not None:

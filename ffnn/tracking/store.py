@@ -41,7 +41,6 @@ class Tracker(ModelStore, Claims):
     _heartbeat: Heartbeat | None = None
     _gone: str | None = None  # why the server is lost, once it is
     _signatures: dict[tuple, ModelSignature] = field(default_factory=dict, repr=False)  # by output, input shape
-    _model_experiment: str | None = None  # the fluent API's experiment, set for log_model
     _warming: threading.Thread | None = field(default=None, repr=False)  # prepare_model_logging's thread
 
     @classmethod

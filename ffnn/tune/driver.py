@@ -30,7 +30,7 @@ from ..engine import Engine, worker_count
 from ..errors import Fault, Interrupted, UserError, ignore_interrupts, stop_line
 from ..events import Listener, Note, ignore
 from ..models import REGISTRY, ModelSpec, parse_tuned, tuned_name
-from ..tracking import TAG_DEVICE_NAME, TAG_FAILURE, TAG_TUNED_BY, heartbeat_interval, sqlite_path
+from ..tracking import TAG_DEVICE_NAME, TAG_FAILURE, TAG_TUNED_BY, SpaceReserve, heartbeat_interval, sqlite_path
 from ..train import TrainConfig
 from ..train.trials import load_split, plan_stacks, trial_work
 from .outputs import WALL_ATTR, StudySummary, summarize, write_outputs
@@ -178,7 +178,9 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
     start = time.monotonic()
     pad = ctx.device.type == "cuda"  # on the CPU a padded unit costs as much as a real one
     max_seeds = max(STACK_SEEDS.get(ctx.device.type, STACK_SEEDS["cpu"]), cfg.trial_seeds)
-    reserve = tracker.reserve_space()
+    # room kept beside each SQLite store for the writes that end the trials if the disk fills up: MLflow's
+    # runs first, then Optuna's trials, each with its own
+    reserve, trials_reserve = tracker.reserve_space(), SpaceReserve(sqlite_path(cfg.storage or ""))
     try:  # from here on whatever goes wrong ends the trials and the parent with the cause, none left RUNNING
         while engine is not None and (cfg.timeout is None or time.monotonic() - start < cfg.timeout):
             size = batch_size(cfg, study, st.started, workers, ctx.device)
@@ -213,8 +215,11 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
         st.heartbeat.stop()
         status = "KILLED" if interrupted else "FAILED"
         with ignore_interrupts():  # a second Ctrl-C must not cut the clean-up short
-            for close in (lambda: st.abort(status, line), lambda: tracker.set_tags(parent_id, {TAG_FAILURE: line}),
-                          lambda: tracker.end_run(parent_id, status)):
+            # the MLflow runs first, the small writes that leave nothing RUNNING; Optuna's last
+            for close in (lambda: st.abort_runs(status, line, record_held=interrupted),
+                          lambda: tracker.set_tags(parent_id, {TAG_FAILURE: line}),
+                          lambda: tracker.end_run(parent_id, status), trials_reserve.release,
+                          lambda: st.abort_trials(line)):
                 with contextlib.suppress(Exception):  # the store that broke the study may break this too
                     close()
         if interrupted or isinstance(e, (UserError, Fault)):
@@ -222,6 +227,7 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
         raise Fault.after(line, "the study's finished trials are kept", "run the same command again") from e
     finally:
         reserve.release()
+        trials_reserve.release()
 
 
 def final_runs(cfg: TuneConfig, studies: list[StudySummary], ctx: Context, say: Callable[[str], None],

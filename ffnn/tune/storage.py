@@ -31,6 +31,7 @@ from ..tracking import (
     TAG_STUDY,
     TAG_TRIAL,
     Run,
+    SpaceReserve,
     Tracker,
     heartbeat_grace,
     heartbeat_interval,
@@ -95,7 +96,9 @@ def open_storage(url: str, on_stale: OnStale | None = None) -> optuna.storages.B
 
 def _sqlite_rdb(rdb: Callable[[], optuna.storages.RDBStorage], url: str) -> optuna.storages.RDBStorage:
     storage = rdb()
-    use_wal(Path(url[len("sqlite:///"):]))  # the dashboard reads while trials are written
+    db = Path(url[len("sqlite:///"):])
+    use_wal(db)  # the dashboard reads while trials are written
+    SpaceReserve.clear_dead(db)  # the room dead processes kept beside it (driver._run_study)
     return storage
 
 

@@ -15,6 +15,7 @@ import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import optuna
 import torch
@@ -179,15 +180,24 @@ class StudyRun:
                  f"lr {r.job.cfg.lr:.3g}, {outcome.seconds:.1f}s"
                  + (f" | best {best.value:.2f}% (trial {best.number})" if best is not None else ""))
 
-    def abort(self, status: str, reason: str) -> None:
-        """Tell what has trained; end the other running trials: FAIL in Optuna, ``status`` in MLflow."""
-        for number in sorted(self.held):
+    def abort_runs(self, status: str, reason: str, record_held: bool = True) -> None:
+        """End the running trials' MLflow runs with ``status`` and the reason, each write on its own (a full
+        disk that refuses one must not keep the others from being tried); with ``record_held``, first record
+        the trials that trained (on a full disk those writes would take the room the ends need)."""
+        for number in sorted(self.held) if record_held else ():
             with contextlib.suppress(Exception):  # the store that broke the run may break this too
                 self.finish(number, self.held.pop(number))
+        for r in self.running.values():
+            with contextlib.suppress(Exception):
+                self.tracker.end_run(r.run_id, status, {TAG_STATE: "FAIL", TAG_FAILURE: reason})
+
+    def abort_trials(self, reason: str) -> None:
+        """FAIL the running trials in Optuna (after ``abort_runs``)."""
         for number, r in list(self.running.items()):
-            r.trial.set_user_attr("failure", reason)
-            self.study.tell(r.trial, state=TrialState.FAIL, skip_if_finished=True)
-            self.tracker.end_run(r.run_id, status, {TAG_STATE: "FAIL", TAG_FAILURE: reason})
+            for write in (partial(r.trial.set_user_attr, "failure", reason),
+                          partial(self.study.tell, r.trial, state=TrialState.FAIL, skip_if_finished=True)):
+                with contextlib.suppress(Exception):
+                    write()
             self.heartbeat.discard(r.trial)
             del self.running[number]
 
