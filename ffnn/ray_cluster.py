@@ -36,7 +36,7 @@ from .errors import UserError
 
 OBJECT_STORE_MB = 200  # per node: enough for the results of stacks in flight, and it fits a small /dev/shm
 START_TIMEOUT = 120  # seconds for `ray start`
-STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL (gcs_server may not end on SIGTERM)
+STOP_GRACE = 5  # seconds between SIGTERM and SIGKILL (gcs_server may not end on SIGTERM)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TAG = "FFNN_RAY_ROOT"  # in the environment of every process of the cluster
 NODE_TAG = "FFNN_RAY_NODE"  # head or worker

@@ -129,15 +129,15 @@ def _init(ray: Any, address: str) -> None:
         t.join(CONNECT_TIMEOUT)
         log.seek(0)
         said = log.read()
+    e = box.get("error")
+    chain = f"{said} {e} {e.__cause__ if e is not None else ''}"
+    if "InvalidAuthToken" in chain or "Unauthenticated" in chain:  # Ray's core says so at each try
+        raise RayError(f"the Ray cluster at {address} refused this driver's token: load the cluster's "
+                       f"RAY_AUTH_MODE and RAY_AUTH_TOKEN (. mlruns/ray.env)") from None
     if t.is_alive():
         raise RayError(f"no Ray cluster accepted this driver at {address} within {CONNECT_TIMEOUT} s: is it a "
                        f"Ray head's address (make ray; . mlruns/ray.env)?")
-    if "error" in box:
-        e = box["error"]
-        chain = f"{e} {e.__cause__} {said}"
-        if "InvalidAuthToken" in chain or "Unauthenticated" in chain:
-            raise RayError(f"the Ray cluster at {address} refused this driver's token: load the cluster's "
-                           f"RAY_AUTH_MODE and RAY_AUTH_TOKEN (. mlruns/ray.env)") from None
+    if e is not None:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise RayError(f"could not join the Ray cluster at {address}: {first}") from None
 
@@ -324,7 +324,9 @@ class RayEngine:
         self.pending.clear()
         if self.questions is not None:
             with contextlib.suppress(Exception):
-                self.ray.kill(self.questions)
+                if self.listen is not None:  # else Ray retries it on the actor it restarts
+                    self.ray.cancel(self.listen)
+                self.ray.kill(self.questions, no_restart=True)
         self.closed = True
 
 
