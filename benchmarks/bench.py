@@ -174,7 +174,9 @@ def tune_rate(data_dir: str) -> None:
 
 def ray_cost(data_dir: str, device: str = "cpu") -> None:
     """The default compare (report included) on the local engine, then through a local Ray cluster as
-    ``make ray`` starts it, each in a fresh store: both wall times, both training phases, their ratios."""
+    ``make ray`` starts it, each in a fresh store: both wall times, both training phases, their ratios, and
+    how busy each kept its workers (the seeds' training seconds over workers x training phase): a figure
+    that the speed of the machine's cores, which varies from run to run on a shared one, leaves alone."""
     import importlib.util
 
     from ffnn.errors import UserError
@@ -195,16 +197,21 @@ def ray_cost(data_dir: str, device: str = "cpu") -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     extra = ["--ray"] if engine == "ray" else []
                     wall, m = compare(data_dir, tmp, "--device", device, *extra, env={**os.environ, **cluster.env()})
-                    figures[engine] = (wall, m["wall_seconds"])
+                    tracker, exp = _store(tmp)
+                    parent = tracker.search(exp, f"tags.`{TAG_KIND}` = 'comparison'")[0]
+                    trained = sum(r.data.metrics.get("train_seconds", 0.0)
+                                  for r in tracker.search(exp, f"tags.`{TAG_KIND}` = 'run'"))
+                    busy = trained / (int(parent.data.params["workers"]) * m["wall_seconds"])
+                    figures[engine] = (wall, m["wall_seconds"], busy)
             st = cluster.state()
             nodes = f"{st.head_cpus} + {st.worker_cpus} CPUs" if st else "?"
         finally:
             cluster.stop()
-    (lw, lt), (rw, rt) = figures["local"], figures["ray"]
+    (lw, lt, lb), (rw, rt, rb) = figures["local"], figures["ray"]
     print(f"default compare ({device}, report included, fresh store): local engine {lw:.1f} s wall (training "
-          f"{lt:.1f} s); on Ray ({nodes}, make ray's cluster) {rw:.1f} s wall (training {rt:.1f} s): "
-          f"{rw / lw:.2f}x the wall time, {rt / lt:.2f}x the training phase; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"{lt:.1f} s, workers busy {100 * lb:.0f} %); on Ray ({nodes}, make ray's cluster) {rw:.1f} s wall "
+          f"(training {rt:.1f} s, workers busy {100 * rb:.0f} %): {rw / lw:.2f}x the wall time, {rt / lt:.2f}x "
+          f"the training phase")
 
 
 def main() -> None:

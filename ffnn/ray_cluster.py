@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -57,12 +58,11 @@ class State:
     address: str = ""  # as ray.env gives it
 
 
-def _ray_cli() -> str:
-    beside = Path(sys.executable).with_name("ray")  # the venv's, not another Ray on the PATH
-    found = str(beside) if beside.exists() else shutil.which("ray")
-    if not found:
+def _ray_cli() -> list[str]:
+    """Ray's own CLI on this interpreter: its nodes then run ffnn's Python, whatever ``ray`` is on the PATH."""
+    if importlib.util.find_spec("ray") is None:
         raise RayClusterError("Ray is not installed: pip install 'ffnn[ray]' (make ray installs it)")
-    return found
+    return [sys.executable, "-m", "ray.scripts.scripts"]
 
 
 class RayCluster:
@@ -158,7 +158,7 @@ class RayCluster:
                TAG: str(self.root), NODE_TAG: node}
         env.pop("RAY_ADDRESS", None)
         try:
-            out = subprocess.run([_ray_cli(), "start", *argv, "--disable-usage-stats", "--temp-dir",
+            out = subprocess.run([*_ray_cli(), "start", *argv, "--disable-usage-stats", "--temp-dir",
                                   str(self.temp_dir)], env=env, cwd=self.root, capture_output=True, text=True,
                                  timeout=START_TIMEOUT, start_new_session=True)
         except subprocess.TimeoutExpired:

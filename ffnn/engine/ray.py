@@ -18,7 +18,6 @@ waits for, and answers each through ``on_ask``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import os
@@ -30,10 +29,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from .base import Setup, Work
+
+if TYPE_CHECKING:
+    import asyncio
 
 TRAIN_THREADS = 1  # torch threads per task, as in a local training process: CPU results depend on it
 TASK_RETRIES = 3  # runs of a task whose worker process or node died, after the first
@@ -190,9 +192,11 @@ def ffnn_job(payload: tuple[str, Setup, Work], job: Any, questions: Any, ticket:
 
 
 class Questions:
-    """The questions of running tasks, held until the driver answers them (an async actor)."""
+    """The questions of running tasks, held until the driver answers them (an async actor; asyncio is
+    imported in the actor's process only, not by every ffnn command)."""
 
     def __init__(self) -> None:
+        import asyncio
         self.asked: list[tuple[int, int, Any]] = []  # (question id, ticket, payload), not yet collected
         self.waiting: dict[int, asyncio.Future] = {}
         self.ids = itertools.count()
@@ -200,6 +204,7 @@ class Questions:
 
     async def ask(self, ticket: int, payload: Any) -> Any:
         """A task's question; returns the driver's answer."""
+        import asyncio
         qid = next(self.ids)
         answer = asyncio.get_running_loop().create_future()
         self.waiting[qid] = answer
