@@ -223,6 +223,7 @@ class RayCluster:
         """End every process of this cluster; return which nodes ran."""
         up = self.status()
         procs = self.processes()
+        ended = set(procs)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in procs:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -231,9 +232,15 @@ class RayCluster:
             while procs and time.time() < deadline:
                 time.sleep(0.2)
                 procs = self.processes()
+                ended |= set(procs)
             if not procs:
                 break
         if procs:
             raise RayClusterError(f"processes of the Ray cluster survived SIGKILL: {sorted(procs)}")
+        # `ray start` left its nodes to init, which reaps them in its own time: wait a little, so that
+        # no zombie raylet is in `ps` when this returns
+        deadline = time.time() + STOP_GRACE
+        while any(Path(f"/proc/{pid}").exists() for pid in ended) and time.time() < deadline:
+            time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)  # sessions, sockets, spilled objects
         return [name for name, running in up.items() if running]
