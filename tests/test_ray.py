@@ -158,6 +158,33 @@ def test_ray_engine_answers_each_tasks_questions_and_reports_a_jobs_own_failure(
     assert "was given no on_ask" in failed[4]
 
 
+def _sleeps(context, job, ask):
+    time.sleep(job)
+    return job
+
+
+@pytest.mark.slow
+def test_an_interrupt_while_the_engine_waits_on_ray_comes_out_as_the_interrupt(joined):
+    """ffnn's SIGINT handler raises inside Ray's wait, which Python reports as a SystemError: the workflow
+    must get the interrupt itself, to end its runs KILLED with exit status 130."""
+    from ffnn.engine.ray import RayEngine
+    from ffnn.errors import Interrupted, install_interrupt_handlers
+    engine = RayEngine(lambda: None, _sleeps, 1)
+    old = install_interrupt_handlers()
+    timer = threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    began = time.time()
+    try:
+        with pytest.raises(Interrupted):
+            _collect(engine, [60])
+    finally:
+        timer.cancel()
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+        engine.close(graceful=False)
+    assert time.time() - began < 30  # at once, not when the task ends
+
+
 @pytest.mark.slow
 def test_ray_engine_trains_a_stack_to_the_process_engines_numbers(joined, tiny, tmp_path):
     import io

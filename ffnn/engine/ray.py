@@ -41,6 +41,7 @@ TRAIN_THREADS = 1  # torch threads per task, as in a local training process: CPU
 TASK_RETRIES = 3  # runs of a task whose worker process or node died, after the first
 CONNECT_TIMEOUT = 20  # seconds for a cluster to accept this driver
 PROBE_TIMEOUT = 5  # seconds for the cluster's address to accept a TCP connection
+WAIT_SLICE = 1.0  # seconds the driver waits on Ray at a time: Ray's wait does not end for a signal
 INSTALL = "pip install 'ffnn[ray]' (or make ray, which installs it and starts a local cluster)"
 
 
@@ -271,6 +272,18 @@ class RayEngine:
     def run(self, next_job: Callable[[], Any | None], on_done: Callable[[Any, Any], None],
             on_failed: Callable[[Any, str], None], on_ask: Callable[[Any, Any], Any] | None = None) -> None:
         """Run jobs until ``next_job`` returns None and every job handed out has come back."""
+        try:
+            self._run(next_job, on_done, on_failed, on_ask)
+        except SystemError as e:
+            # ffnn's SIGINT/SIGTERM handler raised while Ray's Cython code waited: Python reports that as a
+            # SystemError caused by the interrupt, which is what the workflow must see (runs KILLED, 130/143)
+            inner = e.__cause__ or e.__context__
+            if isinstance(inner, BaseException) and not isinstance(inner, Exception):
+                raise inner from None
+            raise
+
+    def _run(self, next_job: Callable[[], Any | None], on_done: Callable[[Any, Any], None],
+             on_failed: Callable[[Any, str], None], on_ask: Callable[[Any, Any], Any] | None) -> None:
         ray = self.ray
         questions = self._ask_actor() if on_ask is not None else None
         if questions is not None and self.listen is None:
@@ -292,7 +305,8 @@ class RayEngine:
 
         dispatch()
         while self.pending:
-            ready, _ = ray.wait([*self.pending, *([listen] if listen is not None else [])], num_returns=1)
+            ready, _ = ray.wait([*self.pending, *([listen] if listen is not None else [])], num_returns=1,
+                                timeout=WAIT_SLICE)
             if listen is not None and listen in ready:
                 try:
                     asked = ray.get(listen)
