@@ -14,13 +14,20 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 endif
 
-.PHONY: install data fashion-data lint coverage compare report tune test test-slow test-cluster cluster cluster-stop bench ui dashboard screenshots clean
+.PHONY: install install-ray data fashion-data lint coverage compare report tune test test-slow test-cluster cluster cluster-stop ray ray-stop bench ui dashboard screenshots clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Ray, for --ray, make ray and the Ray tests of make test-cluster (the extra `ray` of pyproject.toml)
+install-ray: $(VENV)/.installed-ray
+
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	touch $@
 
 data: install
@@ -51,6 +58,15 @@ cluster: install
 cluster-stop: install
 	$(FFNN) cluster stop
 
+# a local Ray cluster in the background: a head and one worker node, dashboard and usage statistics off,
+# object store capped; RAY_ADDRESS and its token in mlruns/ray.env (. mlruns/ray.env; ffnn compare --ray);
+# HOST=0.0.0.0 for an address other machines can join, PORT, CPUS (both nodes together)
+ray: install-ray
+	$(FFNN) ray start $(call arg,HOST,--host) $(call arg,PORT,--port) $(call arg,CPUS,--cpus)
+
+ray-stop: install
+	$(FFNN) ray stop
+
 ui: install
 	$(FFNN) ui $(ARGS)
 
@@ -68,7 +84,7 @@ lint: install
 	$(BIN)/mypy
 	$(MAKE) --no-print-directory coverage
 
-coverage: install
+coverage: install-ray
 	rm -f .coverage
 	$(MAKE) --no-print-directory test ARGS="--cov --cov-append --cov-report= $(ARGS)"
 	$(MAKE) --no-print-directory test-slow ARGS="--cov --cov-append --cov-report= $(ARGS)"
@@ -78,9 +94,10 @@ coverage: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m "slow and not cluster" $(ARGS)
 
-# several processes as machines on a real PostgreSQL and MLflow server (their own, in a temporary
-# folder; or the running cluster under FFNN_TEST_CLUSTER=mlruns, as .ci/run does)
-test-cluster: install
+# several processes as machines on a real PostgreSQL and MLflow server, and the Ray engine's faults on a
+# real local Ray cluster (their own, in a temporary folder; or the running ones under
+# FFNN_TEST_CLUSTER=mlruns and FFNN_TEST_RAY=mlruns, as .ci/run does)
+test-cluster: install-ray
 	$(BIN)/python -m pytest -q -m cluster $(ARGS)
 
 # Fashion-MNIST for the --until-decided benchmark: Debian's dataset-fashion-mnist (installed when root)

@@ -16,6 +16,9 @@
 7. ``ffnn tune --model C --n-trials 20 --sampler-seed 7`` with ``--trial-seeds 1`` and ``3`` (``--tune-only``
    runs just these): the study's trials per minute and the command's wall time, beside the 27.1 trials a
    minute of the single-run autograd trials before (12 trials, ``--pruner none``, f6b9585).
+8. Where Ray is installed (``make install-ray``): the default compare through a local Ray cluster as ``make
+   ray`` starts it (a head and a worker node, half the cores each) beside the local engine, each in a fresh
+   store, and the ratio (``--ray-only`` runs just these; ``--device cuda`` on a GPU machine).
 Each compare runs as a user would type it, in a scratch folder with a fresh store.
 """
 
@@ -88,13 +91,15 @@ def tutorial_way(root: str) -> float:
 
 
 def compare(data_dir: str, tmp: str, *argv: str, show: Callable[[str], bool] = lambda line: False,
-            config: str = "experiments/compare.toml", experiment: str = "compare") -> tuple[float, dict]:
+            config: str = "experiments/compare.toml", experiment: str = "compare",
+            env: dict[str, str] | None = None) -> tuple[float, dict]:
     """Run ``ffnn compare ARGV`` in ``tmp``; its wall time and its comparison's parent-run metrics.
     The lines of its output that ``show`` picks are printed after it ends."""
     cmd = [sys.executable, "-m", "ffnn", "compare", "--data-dir", str(Path(data_dir).resolve()),
            "--config", str(Path(config).resolve()), *argv]
     start = time.perf_counter()
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp, text=True).stdout
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp, text=True,
+                         env=env).stdout
     wall = time.perf_counter() - start
     for line in out.splitlines():
         if show(line):
@@ -167,6 +172,48 @@ def tune_rate(data_dir: str) -> None:
     print(f"tune, 3 seeds per trial against 1: {walls[3] / walls[1]:.2f}x the wall time")
 
 
+def ray_cost(data_dir: str, device: str = "cpu") -> None:
+    """The default compare (report included) on the local engine, then through a local Ray cluster as
+    ``make ray`` starts it, each in a fresh store: both wall times, both training phases, their ratios, and
+    how busy each kept its workers (the seeds' training seconds over workers x training phase): a figure
+    that the speed of the machine's cores, which varies from run to run on a shared one, leaves alone."""
+    import importlib.util
+
+    from ffnn.errors import UserError
+    from ffnn.ray_cluster import RayCluster
+    if importlib.util.find_spec("ray") is None:
+        print("default compare on Ray: skipped, Ray is not installed (make install-ray)")
+        return
+    with tempfile.TemporaryDirectory() as root:
+        cluster = RayCluster(Path(root) / "mlruns")
+        try:
+            cluster.start()
+        except UserError as e:
+            print(f"default compare on Ray: skipped, no local Ray cluster could start ({e})")
+            return
+        try:
+            figures = {}
+            for engine in ("local", "ray"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    extra = ["--ray"] if engine == "ray" else []
+                    wall, m = compare(data_dir, tmp, "--device", device, *extra, env={**os.environ, **cluster.env()})
+                    tracker, exp = _store(tmp)
+                    parent = tracker.search(exp, f"tags.`{TAG_KIND}` = 'comparison'")[0]
+                    trained = sum(r.data.metrics.get("train_seconds", 0.0)
+                                  for r in tracker.search(exp, f"tags.`{TAG_KIND}` = 'run'"))
+                    busy = trained / (int(parent.data.params["workers"]) * m["wall_seconds"])
+                    figures[engine] = (wall, m["wall_seconds"], busy)
+            st = cluster.state()
+            nodes = f"{st.head_cpus} + {st.worker_cpus} CPUs" if st else "?"
+        finally:
+            cluster.stop()
+    (lw, lt, lb), (rw, rt, rb) = figures["local"], figures["ray"]
+    print(f"default compare ({device}, report included, fresh store): local engine {lw:.1f} s wall (training "
+          f"{lt:.1f} s, workers busy {100 * lb:.0f} %); on Ray ({nodes}, make ray's cluster) {rw:.1f} s wall "
+          f"(training {rt:.1f} s, workers busy {100 * rb:.0f} %): {rw / lw:.2f}x the wall time, {rt / lt:.2f}x "
+          f"the training phase")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data")
@@ -174,6 +221,8 @@ def main() -> None:
     parser.add_argument("--until-decided-only", action="store_true", help="only the two --until-decided runs")
     parser.add_argument("--capacity-only", action="store_true", help="only the capacity map's compare")
     parser.add_argument("--tune-only", action="store_true", help="only the two tune runs (1 and 3 seeds per trial)")
+    parser.add_argument("--ray-only", action="store_true", help="only the default compare on Ray and locally")
+    parser.add_argument("--device", default="cpu", help="--ray-only: cpu or cuda")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, device cpu")
     if args.until_decided_only:
@@ -185,6 +234,9 @@ def main() -> None:
         return
     if args.tune_only:
         tune_rate(args.data_dir)
+        return
+    if args.ray_only:
+        ray_cost(args.data_dir, args.device)
         return
     slow = tutorial_way(args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,6 +257,7 @@ def main() -> None:
         until_decided(args.data_dir, dataset)
     capacity(args.data_dir)
     tune_rate(args.data_dir)
+    ray_cost(args.data_dir)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,9 @@ timed c-1000 240 python3 -m ffnn compare --device cuda --models C --seeds 1000 -
 timed e-lr-100 60 python3 -m ffnn compare --device cuda --models E --seeds 3 --lr 100 --tracking-uri $uri --experiment e-lr-100 --no-report
 grep -h "E seed" "$out/e-lr-100.log" | head -3
 [ "${CHECK:-1}" = 0 ] || timeout 200 python3 benchmarks/gpu_check.py 2>&1 | tee "$out/gpu_check.log"
+# the default compare on a local Ray cluster (make ray's) beside the local engine, where Ray is installed
+if python3 -c "import ray" 2>/dev/null; then
+    timeout 400 python3 benchmarks/bench.py --ray-only --device cuda 2>&1 | tee "$out/ray.log"
+else
+    echo "ray: not installed (carry its wheel in .whl/, or pip install 'ffnn[ray]'): skipped"
+fi

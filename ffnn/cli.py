@@ -42,6 +42,12 @@ def _tracking_flags(p: argparse.ArgumentParser) -> None:
                    help="MLflow tracking URI (env MLFLOW_TRACKING_URI; default sqlite:///mlruns/mlflow.db)")
 
 
+def _ray_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="train on the Ray cluster at ADDRESS (default: $RAY_ADDRESS), one task per stack; this "
+                        "process alone records the results (make ray starts a local cluster)")
+
+
 def _register_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--register", action="store_true",
                    help="register each model's best seed (highest final test accuracy) in the MLflow Model "
@@ -80,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with x_train, y_train, x_test, y_test (default: the file's, mnist)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: the file's)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    _ray_flag(p)
     _register_flag(p)
     p.add_argument("--until-decided", action="store_true",
                    help="add --round seeds per model at a time until every step of the tutorial's chain is "
@@ -145,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="seeds for --final (default: the file's, 5)")
     p.add_argument("--dataset", default=None,
                    help="mnist, fashion-mnist, digits or an .npz file, as for compare (default: the file's, mnist)")
+    _ray_flag(p)
     _register_flag(p)
     _data_flags(p)
     _tracking_flags(p)
@@ -170,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", default=None,
                    help="who may log in to PostgreSQL, as a pg_hba address (default: 127.0.0.1/32 on loopback, "
                         "samenet with --host 0.0.0.0)")
+
+    p = sub.add_parser("ray", formatter_class=Formatter, help="start/stop a local Ray cluster for --ray",
+                       description="Start (in the background), stop or show a local Ray cluster: a head and one "
+                                   "worker node, dashboard and usage statistics off, a capped object store; "
+                                   "RAY_ADDRESS and its token in ROOT/ray.env (mode 0600).")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--root", default="mlruns", help="folder holding ray/ and ray.env")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address in ray.env; 0.0.0.0: this machine's, for other machines to join")
+    p.add_argument("--port", type=int, default=None, help="the head's port (default: last time's, else a free one)")
+    p.add_argument("--cpus", type=int, default=None,
+                   help="CPUs of the two nodes together, half to each (default: this machine's cores)")
 
     p = sub.add_parser("data", formatter_class=Formatter, help="fetch and verify a dataset",
                        description="Put the verified dataset files into --data-dir.")
@@ -203,9 +223,8 @@ def cmd_compare(args) -> int:
 def _train_comparison(cfg, ctx, args):
     """Train (in rounds with --until-decided). The training processes start first, so that they load torch
     and the data while this process imports MLflow and opens the store."""
-    from .engine import worker_count
     from .train.jobs import run_stack
-    ctx.engine(run_stack, worker_count(cfg.workers, ctx.device, len(cfg.models) * cfg.seeds))
+    ctx.engine(run_stack, ctx.worker_count(cfg.workers, len(cfg.models) * cfg.seeds))
     if args.until_decided:
         from .report import Design
         from .until_decided import until_decided
@@ -229,7 +248,8 @@ def exit_status(rows) -> int:
 def build_context(dataset: str, device: str, args):
     """The one context a command works on: data verified, tracker opened, device resolved."""
     from .context import Context
-    return Context.build(dataset, args.data_dir, args.data_source, device, args.tracking_uri)
+    return Context.build(dataset, args.data_dir, args.data_source, device, args.tracking_uri,
+                         getattr(args, "ray", None))
 
 
 def cmd_data(args) -> int:
@@ -279,45 +299,22 @@ def cmd_tune(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    from .cluster import Cluster
+    from .services import cluster
+    return cluster(args)
 
-    cluster = Cluster(args.root)
-    if args.action == "stop":
-        stopped = cluster.stop()
-        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
-        return 0
-    if args.action == "start":
-        cluster.start(args.host, args.port, args.pg_port, args.advertise, args.network)
-    up = cluster.status()
-    env = cluster.env()
-    for name, running in up.items():
-        print(f"{name}: {'running' if running else 'stopped'}")
-    if env:
-        print(f"MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']}")
-        print(f"FFNN_OPTUNA_STORAGE={env['FFNN_OPTUNA_STORAGE']}")
-        print(f"credentials in {cluster.env_file} (mode 0600); on each machine: "
-              f"set -a; . {cluster.env_file}; set +a")
-    return 0 if args.action != "status" or all(up.values()) else 1
+
+def cmd_ray(args) -> int:
+    from .services import ray
+    return ray(args)
 
 
 def cmd_ui(args) -> int:
-    from .tracking import Tracker, runs_link, ui_server
-
-    try:
-        with ui_server(args.tracking_uri, args.port) as (url, server):
-            print(f"MLflow UI at {url}  (Ctrl-C to stop); choose 'Model training' at the top of its sidebar "
-                  f"to open experiments on their runs, or follow a direct link:")
-            for exp_id, name in Tracker.open(args.tracking_uri).experiments():
-                print(f"  runs of {name}: {runs_link(url, exp_id)}")
-            sys.stdout.flush()
-            server.wait()
-    except (Interrupted, KeyboardInterrupt):
-        print("MLflow UI stopped")
-    return 0
+    from .services import ui
+    return ui(args)
 
 
-COMMANDS = {"cluster": cmd_cluster, "compare": cmd_compare, "data": cmd_data, "report": cmd_report, "tune": cmd_tune,
-            "ui": cmd_ui}
+COMMANDS = {"cluster": cmd_cluster, "compare": cmd_compare, "data": cmd_data, "ray": cmd_ray, "report": cmd_report,
+            "tune": cmd_tune, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

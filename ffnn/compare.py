@@ -26,7 +26,6 @@ import torch
 from .bits import MAX_TAG_CHARS
 from .config import CompareConfig, validate_train
 from .context import Context
-from .engine import worker_count
 from .errors import Fault, Interrupted, UserError, deferred_interrupts, ignore_interrupts, stop_line
 from .events import Listener, Note, Planned, Trained, ignore
 from .memory import fit, human
@@ -103,11 +102,12 @@ def memory_caps(cfg: CompareConfig, ctx: Context, todo: list[Job], available: in
                 ) -> dict[str, int]:
     """Seeds per stack that fit in memory, per model; a model of which not even one seed fits is a
     ``UserError`` (one line, exit 2) raised before any run is created. On the CPU the stacks share the
-    host's available memory between the workers; on CUDA the stacks live on the GPU (which this process
-    does not touch), so only the parent's one copy of each model is checked against the host."""
+    host's available memory between the workers (on Ray: this host's stands for a node's, shared by the
+    most CPUs one node has); on CUDA the stacks live on the GPU (which this process does not touch), so
+    only the parent's one copy of each model is checked against the host."""
     if available is None:
         available = int(psutil.virtual_memory().available)
-    workers = worker_count(cfg.workers, ctx.device, len(todo))
+    workers = ctx.worker_count(cfg.workers, len(todo), per_host=True)
     caps = {}
     for model in dict.fromkeys(j.model for j in todo):
         spec = cfg.spec(model)
@@ -171,9 +171,9 @@ class _Comparison:
     def train(self, todo: list[Job]) -> None:
         cfg, ctx = self.cfg, self.ctx
         rule = cfg.divergence
-        n_cpu_workers = worker_count(cfg.workers, ctx.device, len(todo))
+        n_cpu_workers = ctx.worker_count(cfg.workers, len(todo))
         queue = plan_stacks(todo, ctx.device, n_cpu_workers, rule, cfg.stack_size or None, self.caps)
-        workers = worker_count(cfg.workers, ctx.device, len(queue))
+        workers = ctx.worker_count(cfg.workers, len(queue))
         parent_params = {"models": ",".join(cfg.models), "seeds": cfg.seeds, "dataset": cfg.dataset,
                          "device": ctx.device.type, "workers": workers,
                          "stack_size": max(len(s.seeds) for s in queue),

@@ -1,5 +1,5 @@
 """What a command works on, built once by the CLI and passed down: verified data, the tracker, the device
-and its training processes.
+and its training processes (local ones, or Ray tasks on the cluster ``--ray`` names).
 
 Building a context imports no MLflow: the CLI can start the training processes (``engine``) first, so
 that they import torch and load the data while this process imports MLflow and opens the store.
@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from . import datasets
-from .engine import Engine, ProcessEngine, Setup, Work
+from .engine import Engine, ProcessEngine, Setup, Work, worker_count
+from .engine import ray as ray_engine
 from .models import ModelSpec
 from .train import device_name, resolve_device
+from .train.loop import DeviceError
 
 if TYPE_CHECKING:
     from .config import CompareConfig
@@ -37,15 +39,20 @@ class Context:
     device: torch.device
     tracking_uri: str | None  # None: MLFLOW_TRACKING_URI or the project's SQLite store
     engines: dict[Work, Engine] = field(default_factory=dict, compare=False, repr=False)  # by the work they run
+    ray: ray_engine.ClusterInfo | None = None  # joined with --ray: the jobs run as tasks on this cluster
 
     @classmethod
     def build(cls, dataset: str, data_dir: str, data_source: str | None, device: str,
-              tracking_uri: str | None) -> Context:
-        """Resolve the device and verify (and fetch) the data, once; the store opens at first use."""
-        dev = resolve_device(device)
+              tracking_uri: str | None, ray_address: str | None = None) -> Context:
+        """Resolve the device and verify (and fetch) the data, once; the store opens at first use.
+        ``ray_address`` ("" for ``$RAY_ADDRESS``): join that Ray cluster first, before any file is touched."""
+        cluster = ray_engine.connect(ray_address) if ray_address is not None else None
+        dev = resolve_device(device) if cluster is None else _cluster_device(device, cluster)
         source, folder, shape = datasets.resolve(dataset, data_dir, data_source)
-        return cls(source, str(data_dir), folder, shape.n_train, shape.n_test, shape.n_features, shape.n_classes,
-                   dev, tracking_uri)
+        # a Ray worker does not start where this process does: it loads from the same absolute path
+        where = str(Path(data_dir).absolute()) if cluster is not None else str(data_dir)
+        return cls(source, where, folder, shape.n_train, shape.n_test, shape.n_features, shape.n_classes,
+                   dev, tracking_uri, ray=cluster)
 
     def sized(self, spec: ModelSpec) -> ModelSpec:
         """``spec`` with this dataset's input size and class count."""
@@ -68,7 +75,19 @@ class Context:
 
     @property
     def device_name(self) -> str:
+        if self.ray is not None:  # the driver may have no GPU; the results name what trained them
+            return f"Ray cluster at {self.ray.address} ({self.ray.cpus} CPUs, {self.ray.gpus} GPUs)"
         return device_name(self.device)
+
+    def worker_count(self, requested: int | None, n_jobs: int, per_host: bool = False) -> int:
+        """Training processes for ``n_jobs`` jobs: ``requested``, else one per core (one on CUDA), or on Ray
+        the cluster's CPUs (GPUs on CUDA). ``per_host``: how many of them share one machine's memory."""
+        if self.ray is None:
+            return worker_count(requested, self.device, n_jobs)
+        slots = requested or ray_engine.cluster_slots(self.ray, self.device.type == "cuda")
+        if per_host and self.device.type == "cpu":
+            slots = min(slots, max(1, self.ray.node_cpus))
+        return max(1, min(slots, n_jobs or 1))
 
     def engine(self, work: Work, workers: int, setup: Setup | None = None) -> Engine:
         """The training processes that run ``work``, started on first use and kept until ``close``
@@ -76,18 +95,35 @@ class Context:
         if work not in self.engines or not self.engines[work].alive:
             setup = setup or partial(datasets.load, self.dataset, self.data_dir, device=str(self.device),
                                      verify=False)
-            # on a GPU the one training process is a child too: it trains the next stack while this
-            # process writes the last one to MLflow
-            self.engines[work] = ProcessEngine(workers, setup, work, spawn=self.device.type == "cuda")
+            if self.ray is not None:
+                self.engines[work] = ray_engine.RayEngine(setup, work, workers, gpu=self.device.type == "cuda")
+            else:
+                # on a GPU the one training process is a child too: it trains the next stack while this
+                # process writes the last one to MLflow
+                self.engines[work] = ProcessEngine(workers, setup, work, spawn=self.device.type == "cuda")
         return self.engines[work]
 
     def close(self, graceful: bool = True) -> None:
-        """Stop the training processes."""
+        """Stop the training processes (and leave the Ray cluster)."""
         while self.engines:
             self.engines.popitem()[1].close(graceful)
+        if self.ray is not None:
+            ray_engine.disconnect()
 
     def __enter__(self) -> Context:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(graceful=exc_type is None)
+
+
+def _cluster_device(name: str, cluster: ray_engine.ClusterInfo) -> torch.device:
+    """``--device`` on a Ray cluster: ``auto`` is CUDA when the cluster has a GPU, this machine's aside."""
+    if name == "auto":
+        return torch.device("cuda" if cluster.gpus else "cpu")
+    if name == "cuda" and not cluster.gpus:
+        raise DeviceError(f"--device cuda: the Ray cluster at {cluster.address} has no GPU (use --device cpu or "
+                          f"auto, or start its nodes with GPUs)")
+    if name not in ("cpu", "cuda"):
+        return resolve_device(name)  # its error
+    return torch.device(name)

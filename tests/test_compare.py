@@ -185,6 +185,9 @@ def test_memory_caps_cut_stacks_to_what_fits_and_refuse_what_cannot(tiny, tmp_pa
         device = torch.device("cpu")
         n_test = 200
 
+        def worker_count(self, requested, n_jobs, per_host=False):
+            return requested
+
     cfg = CompareConfig(models=("C",), train=TrainConfig(batch_size=20))
     spec = REGISTRY["C"]
     jobs = [Job("C", spec, TrainConfig(batch_size=20, seed=s)) for s in range(10)]

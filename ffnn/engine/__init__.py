@@ -1,7 +1,8 @@
-"""What runs the training of compare and tune: the ``Engine`` interface (``base``) and its local
-implementation (``process``: training processes on this machine).
+"""What runs the training of compare and tune: the ``Engine`` interface (``base``), its local
+implementation (``process``: training processes on this machine) and Ray's (``ray``: tasks on a
+cluster, imported where ``--ray`` asks for it).
 
-Importing this package imports no torch: a training process binds itself to its parent first.
+Importing this package imports no torch and no Ray: a training process binds itself to its parent first.
 """
 
 from .base import Engine, Setup, Work

@@ -7,7 +7,7 @@ only one that writes to MLflow and Optuna; an engine's workers return results an
 an engine that retries a job (Ray) cannot record anything twice.
 
 ``process.ProcessEngine`` runs the jobs in local training processes; ``ray.RayEngine`` runs them as Ray
-tasks on a cluster. ``open_engine`` picks one.
+tasks on a cluster. ``Context.engine`` picks one.
 """
 
 from __future__ import annotations

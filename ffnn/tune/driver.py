@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from ..compare import RunRow, compare
 from ..config import CompareConfig, ConfigError, TuneConfig, validate_train
 from ..context import Context
-from ..engine import Engine, worker_count
+from ..engine import Engine
 from ..errors import Fault, Interrupted, UserError, ignore_interrupts, stop_line
 from ..events import Listener, Note, ignore
 from ..models import REGISTRY, ModelSpec, parse_tuned, tuned_name
@@ -73,7 +73,7 @@ def tune(cfg: TuneConfig, ctx: Context, on_event: Listener = ignore) -> TuneResu
         f"pruned trials KILLED). Trials live in the Optuna storage too: `make dashboard`."))
     stale.tracker, stale.exp_id = tracker, exp_id
     tracker.fail_orphans(exp_id)
-    workers = worker_count(cfg.workers, ctx.device, cfg.n_trials)
+    workers = ctx.worker_count(cfg.workers, cfg.n_trials)
 
     result = TuneResult([], storage_label(cfg.storage), tracker.uri, workers)
     engine: Engine | None = None
