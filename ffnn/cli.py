@@ -364,12 +364,17 @@ def _places(args: argparse.Namespace) -> list[str]:
 
 
 def main_exit() -> None:
-    """The console script (and ``python -m ffnn``): ``main``, then an ordinary exit with its objects frozen.
+    """The console script (and ``python -m ffnn``): ``main``, then an ordinary exit with its objects frozen and
+    interrupts ignored.
 
     At shutdown Python's garbage collector walks every object torch, MLflow and pandas made, to find cycles
     that the ending process would free anyway: 2.2-2.9 s here (``benchmarks/teardown.sh``). ``gc.freeze``
     takes them out of its sight; exit handlers, flushes and finalizers still run as usual.
     """
     code = main()
+    # the command is done: a SIGINT or SIGTERM while the interpreter exits changes nothing, so it is ignored
+    # rather than killing the process with a status that says it was interrupted
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     gc.freeze()
     sys.exit(code)

@@ -65,7 +65,8 @@ def check_store(uri: str, experiment: str, kind: str, tmp_path) -> None:
         seeds = sorted((r.data.params["model"], r.data.params["seed"]) for r in children if r.info.status == "FINISHED")
         assert seeds == sorted((m, str(s)) for m in ("LR", "C", "D") for s in range(4))
     mlflow.set_tracking_uri(uri)  # runs:/ URIs resolve through it
-    with_model = {m.source_run_id for m in client.search_logged_models(experiment_ids=[exp.experiment_id])}
+    with_model = {m.source_run_id for m in client.search_logged_models(experiment_ids=[exp.experiment_id])
+                  if m.status == "READY"}  # one a kill -9 cut short is PENDING, and nobody's model
     for r in children:
         if r.info.status == "FINISHED":  # the network is whole: its weights, and its LoggedModel where it has one
             with tempfile.TemporaryDirectory() as tmp:

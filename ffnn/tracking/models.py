@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModel
+from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -169,10 +169,15 @@ class ModelStore:
                 self.delete_model(m)
 
     def model_id(self, run_id: str) -> str | None:
-        """The LoggedModel the run logged (its last), or None."""
+        """The run's last LoggedModel that is READY, or None. One a killed process left unfinished (PENDING) is
+        deleted on the way: it is nobody's model."""
         outputs = self.client.get_run(run_id).outputs
-        found = [m.model_id for m in outputs.model_outputs] if outputs is not None else []
-        return found[-1] if found else None
+        for output in reversed(outputs.model_outputs if outputs is not None else []):
+            logged = self.client.get_logged_model(output.model_id)
+            if logged.status == LoggedModelStatus.READY:
+                return logged.model_id
+            self.delete_model(logged)
+        return None
 
     def prepare_model_logging(self, model: torch.nn.Module, input_example: np.ndarray) -> None:
         """Start ``_warm_up`` in a thread; the first ``log_torch_model`` waits for it."""
