@@ -169,14 +169,13 @@ class ModelStore:
                 self.delete_model(m)
 
     def model_id(self, run_id: str) -> str | None:
-        """The run's last LoggedModel that is READY, or None. One a killed process left unfinished (PENDING) is
-        deleted on the way: it is nobody's model."""
+        """The run's last LoggedModel that is READY, or None. One not READY is passed over, never deleted: it may
+        be another process's, being logged now, or one a killed process left unfinished."""
         outputs = self.client.get_run(run_id).outputs
         for output in reversed(outputs.model_outputs if outputs is not None else []):
             logged = self.client.get_logged_model(output.model_id)
             if logged.status == LoggedModelStatus.READY:
                 return logged.model_id
-            self.delete_model(logged)
         return None
 
     def prepare_model_logging(self, model: torch.nn.Module, input_example: np.ndarray) -> None:
