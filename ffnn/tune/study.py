@@ -225,12 +225,18 @@ def replicates_run(cfg: TuneConfig, model: str, ctx: Context, exp_id: str) -> st
                      f"{cfg.name_of(model, 2)!r} and so on, each with its own sampler seed from "
                      f"--sampler-seed {cfg.sampler_seed}); each child run is one study. The spread of what they "
                      f"find is what a claim about the architecture must account for."))
+    return _keep_oldest(tracker, exp_id, keys, run_id) or run_id
+
+
+def _keep_oldest(tracker: Tracker, exp_id: str, keys: dict[str, str], run_id: str) -> str | None:
+    """After creating ``run_id`` with ``keys``: if another invocation created one at the same moment, both keep
+    the older, and this one's is deleted; returns that older run, or None when ``run_id`` is it."""
     oldest = tracker.find_runs(exp_id, keys)[0]
-    if oldest != run_id:  # another invocation created one at the same moment: both keep the older
-        tracker.delete_run(run_id)
-        tracker.reopen_run(oldest)
-        return oldest
-    return run_id
+    if oldest == run_id:
+        return None
+    tracker.delete_run(run_id)
+    tracker.reopen_run(oldest)
+    return oldest
 
 
 def parent_run(cfg: TuneConfig, model: str, name: str, ctx: Context, exp_id: str, group: str | None = None) -> str:
@@ -261,10 +267,7 @@ def parent_run(cfg: TuneConfig, model: str, name: str, ctx: Context, exp_id: str
                      f"{fam.activation} layer(s) of {fam.width[0]}-{fam.width[1]} units, lr {fam.lr[0]:g}-"
                      f"{fam.lr[1]:g}, {t.iters} steps of {t.batch_size}; objective: accuracy on {cfg.val_size} "
                      f"training images held out (never the test set), {seeds}. Each child run is one trial."))
-    oldest = tracker.find_runs(exp_id, keys)[0]
-    if oldest != run_id:  # another invocation created one at the same moment: both keep the older
-        tracker.delete_run(run_id)
-        tracker.reopen_run(oldest)
+    if (oldest := _keep_oldest(tracker, exp_id, keys, run_id)) is not None:
         return oldest
     tracker.log_dataset(run_id, cfg.dataset, spec.digest, str(ctx.folder.resolve()), ctx.n_train, ctx.n_test,
                         context="tuning")
