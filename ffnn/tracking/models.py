@@ -161,13 +161,6 @@ class ModelStore:
         with contextlib.suppress(Exception):
             self.client.delete_logged_model(logged.model_id)
 
-    def delete_models(self, experiment_id: str, run_id: str) -> None:
-        """The run's LoggedModels, files first: what a run that could not be recorded whole leaves behind."""
-        with contextlib.suppress(Exception):
-            for m in self.client.search_logged_models(experiment_ids=[experiment_id],
-                                                      filter_string=f"source_run_id = '{run_id}'"):
-                self.delete_model(m)
-
     def model_id(self, run_id: str) -> str | None:
         """The run's last LoggedModel that is READY, or None. One not READY is passed over, never deleted: it may
         be another process's, being logged now, or one a killed process left unfinished."""
