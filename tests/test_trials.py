@@ -37,7 +37,7 @@ def same(a, b) -> bool:
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu"])
-@pytest.mark.parametrize("widths", [[(37,), (64,), (16,)], [(24, 16), (16, 40)]])
+@pytest.mark.parametrize("widths", [[(37,), (64,), (16,)], [(24, 16), (16, 40)], [(200,), (256,), (229,)]])
 def test_a_padded_and_masked_seed_gives_the_numbers_it_gets_alone(ds, activation, widths):
     # widths of 16-256, where the CPU's matrix kernels do not change with the padded size (README: tune)
     specs = [ModelSpec(w, activation) for w in widths]
@@ -90,6 +90,18 @@ def test_plan_stacks_groups_one_shape_pads_on_request_and_caps_seeds():
     assert sorted(len(s.trials) for s in plan_stacks(jobs, workers=1, pad=True, max_seeds=4)) == [1, 3]
     lr = [TrialJob(i, ModelSpec(), jobs[0].cfg) for i in range(5)]  # one shape: dealt out to both processes
     assert sorted(len(s.trials) for s in plan_stacks(lr, workers=2, pad=False, max_seeds=10)) == [2, 3]
+
+
+def test_on_the_cpu_plan_stacks_pads_close_widths_in_the_exact_range_only():
+    jobs = [trial(0, 100, 0.1), trial(1, 110, 0.2), trial(2, 200, 0.1), trial(3, 300, 0.1), trial(4, 305, 0.1),
+            trial(5, 104, 0.3)]
+    stacks = plan_stacks(jobs, workers=2, pad=False, max_seeds=10, pad_within=25_000)
+    # 100, 104 and 110 pad to 110 (at most 7,940 weights more); 200 is 71,460 weights wider; 300 and 305 lie
+    # outside PAD_EXACT, where padding would change the rounding
+    assert sorted(sorted(t.number for t in s.trials) for s in stacks) == [[0, 1, 5], [2], [3], [4]]
+    assert next(s for s in stacks if len(s.trials) == 3).widest.hidden == (110,)
+    assert len(plan_stacks(jobs, workers=2, pad=False, max_seeds=10)) == 6  # without pad_within: by shape
+    assert len(plan_stacks(jobs, workers=2, pad=False, max_seeds=2, pad_within=25_000)) == 5  # seeds capped
 
 
 @pytest.fixture

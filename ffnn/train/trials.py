@@ -108,17 +108,23 @@ class Outcome:
         return statistics.stdev(self.per_seed) if len(self.per_seed) > 1 else None
 
 
-def plan_stacks(trials: Sequence[TrialJob], workers: int, pad: bool, max_seeds: int) -> list[TrialStack]:
+# Hidden widths where this CPU's matrix kernels give a padded seed exactly its unpadded numbers (MKL on
+# AVX-512; tests/test_trials.py checks it on the machine it runs on): outside them, padding changes rounding.
+PAD_EXACT = (16, 256)
+
+
+def plan_stacks(trials: Sequence[TrialJob], workers: int, pad: bool, max_seeds: int,
+                pad_within: int = 0) -> list[TrialStack]:
     """Cut a batch of trials into stacks, the most expensive first.
 
     Trials of one shape share a stack; with ``pad`` (CUDA, where a bigger stack is nearly free) all of them
-    do. A shape shared by many trials (a family without hidden layers, say) is dealt out so that there are
-    stacks for ``workers`` processes, and no stack holds more than ``max_seeds`` seeds.
+    do. With ``pad_within`` (the CPU), so do trials whose widths all lie in ``PAD_EXACT`` when padding each
+    to the stack's widest adds at most ``pad_within`` weights to it: a step's fixed cost, paid once per stack,
+    outweighs that much arithmetic. A shape shared by many trials (a family without hidden layers, say) is
+    dealt out so that there are stacks for ``workers`` processes, and no stack holds more than ``max_seeds``
+    seeds.
     """
-    groups: dict[tuple[int, ...], list[TrialJob]] = {}
-    for t in trials:
-        groups.setdefault(() if pad else t.spec.hidden, []).append(t)
-    parts = list(groups.values())
+    parts = [list(trials)] if pad and trials else _close_groups(trials, pad_within)
     while len(parts) < workers and any(len(p) > 1 for p in parts):
         big = max(parts, key=len)
         parts.remove(big)
@@ -133,6 +139,27 @@ def plan_stacks(trials: Sequence[TrialJob], workers: int, pad: bool, max_seeds: 
             chunk.append(t)
         stacks.append(TrialStack(tuple(chunk)))
     return sorted(stacks, key=lambda s: -s.cost)
+
+
+def _close_groups(trials: Sequence[TrialJob], within: int) -> list[list[TrialJob]]:
+    """Trials by shape; then, widest first, each shape in ``PAD_EXACT`` joins the first group it can pad into
+    with at most ``within`` weights added to any member."""
+    shapes: dict[tuple[int, ...], list[TrialJob]] = {}
+    for t in trials:
+        shapes.setdefault(t.spec.hidden, []).append(t)
+    lo, hi = PAD_EXACT
+    exact = [p for h, p in shapes.items() if within and all(lo <= w <= hi for w in h)]
+    groups = [p for h, p in shapes.items() if not (within and all(lo <= w <= hi for w in h))]
+    merged: list[list[TrialJob]] = []
+    for part in sorted(exact, key=lambda p: -count_params(p[0].spec)):
+        for group in merged:
+            wide = count_params(TrialStack(tuple(group + part)).widest)
+            if all(wide - count_params(t.spec) <= within for t in group + part):
+                group.extend(part)
+                break
+        else:
+            merged.append(list(part))
+    return merged + groups
 
 
 def _mean_losses(series: Iterable[list[tuple[int, float]]]) -> list[tuple[int, float]]:

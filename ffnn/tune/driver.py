@@ -1,7 +1,8 @@
 """`tune`: one Optuna study per architecture family, trials asked and trained in batches.
 
 Each batch of trials is asked at once (TPE's constant liar spreads them out), cut into stacks
-(``trials.plan_stacks``: trials of one shape together, or on CUDA all of them padded to the widest) and
+(``trials.plan_stacks``: trials of one shape or, on the CPU, of close widths together; on CUDA all of them, padded
+to the widest) and
 trained by the training processes; this process alone writes to the Optuna storage and to MLflow. A
 process sends each evaluation and waits for the prune decisions, so N workers never race on either store.
 The next batch is asked only once this one is told, in trial-number order: the same command on a fresh
@@ -41,6 +42,10 @@ from .study import StudyRun, parent_run, replicates_run
 BATCH_PER_WORKER = 2  # trials asked at once per CPU training process: the longest first, so both keep busy
 BATCH_CUDA = 32  # trials asked at once on a GPU: one padded stack, one pass
 STACK_SEEDS = {"cpu": 10, "cuda": 250}  # the most seeds of one stack (compare's limits)
+# On the CPU, trials of close widths share a stack when padding adds at most this many weights to each. A step
+# costs about 0.2 ms besides its arithmetic of about 3.8 ns a weight (one thread, one seed of C), so padding
+# pays up to about 50,000 weights; half of that keeps the gain safe (README: tune, Batches of trials).
+CPU_PAD_WITHIN = 25_000
 
 
 @dataclass
@@ -176,7 +181,7 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
         + (f" (at most {cfg.timeout:g}s)" if cfg.timeout else "")
         + (f", {cfg.trial_seeds} seeds each" if cfg.trial_seeds > 1 else ""))
     start = time.monotonic()
-    pad = ctx.device.type == "cuda"  # on the CPU a padded unit costs as much as a real one
+    pad = ctx.device.type == "cuda"  # all of a batch in one stack; the CPU pads only close widths
     max_seeds = max(STACK_SEEDS.get(ctx.device.type, STACK_SEEDS["cpu"]), cfg.trial_seeds)
     # room kept beside each SQLite store for the writes that end the trials if the disk fills up: MLflow's
     # runs first, then Optuna's trials, each with its own
@@ -189,7 +194,8 @@ def _run_study(cfg: TuneConfig, model: str, storage: optuna.storages.BaseStorage
                                       stale)
             if not size:
                 break
-            stacks = plan_stacks([st.start_trial() for _ in range(size)], workers, pad, max_seeds)
+            stacks = plan_stacks(st.start_trials(size), workers, pad, max_seeds,
+                                 pad_within=0 if pad else CPU_PAD_WITHIN)
             engine.run(partial(next, iter(stacks), None), st.hold, st.failed, lambda stack, ev: st.report(ev))
             st.finish_held()
         st.heartbeat.stop()

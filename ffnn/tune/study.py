@@ -47,6 +47,8 @@ class _Running:
     run_id: str
     job: TrialJob
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean validation accuracy) reported
+    recorded: bool = False  # its curves and final values are on its MLflow run (``StudyRun.record``)
+    why: tuple[str, str] | None = None  # ("pruned" or "failure", the reason): the Optuna user attr to set
 
     @property
     def accuracy(self) -> float:
@@ -71,12 +73,18 @@ class StudyRun:
         self.finished = 0
         self.heartbeat = TrialHeartbeat(storage, study.study_name)
 
-    @deferring  # ask, run and registration in one step that an interrupt cannot split
-    def start_trial(self) -> TrialJob:
+    def start_trials(self, n: int) -> list[TrialJob]:
+        """Ask ``n`` trials, once dead processes' trials are FAILED and queued again (checked once a batch)."""
         with warnings.catch_warnings():  # Optuna warns that its heartbeat is meant for study.optimize
             warnings.simplefilter("ignore")
-            optuna.storages.fail_stale_trials(self.study)  # dead processes' trials: FAILED and queued again
-            fail_unowned(self.study, self.on_stale)
+            optuna.storages.fail_stale_trials(self.study)
+        fail_unowned(self.study, self.on_stale)
+        return [self.start_trial() for _ in range(n)]
+
+    @deferring  # ask, run and registration in one step that an interrupt cannot split
+    def start_trial(self) -> TrialJob:
+        with warnings.catch_warnings():  # the same warning, from ask
+            warnings.simplefilter("ignore")
             trial = self.study.ask()
         self.heartbeat.add(trial)
         trial.set_user_attr("owner", owner())
@@ -118,9 +126,11 @@ class StudyRun:
         return stop
 
     def hold(self, stack: TrialStack, outcomes: list[Outcome]) -> None:
-        """Keep a stack's outcomes until the batch is over (``finish_held``)."""
+        """Log a stack's trials to MLflow as it comes back, while the other stacks train (the engine calls
+        this once the idle processes have their next stack); tell Optuna at the batch's end (``finish_held``)."""
         for t, o in zip(stack.trials, outcomes):
             self.held[t.number] = o
+            self.record(t.number, o)
 
     def failed(self, stack: TrialStack, error: str) -> None:
         """A stack whose process crashed or died: each of its trials FAILED with the first line."""
@@ -133,40 +143,47 @@ class StudyRun:
             self.finish(number, self.held.pop(number))
 
     @deferring
-    def finish(self, number: int, outcome: Outcome) -> None:
-        r = self.running.pop(number)
-        self.heartbeat.discard(r.trial)
-        self.finished += 1
-        if r.history:
-            self.tracker.log_metrics(r.run_id, "val_accuracy", r.history)
-        if outcome.losses:
-            self.tracker.log_metrics(r.run_id, "train_loss", outcome.losses)  # windowed where it trained
-        tags = {TAG_STATE: outcome.state, "ffnn.stopped_step": str(outcome.step),
-                "ffnn.stack_trials": str(outcome.stack_trials)}
+    def record(self, number: int, outcome: Outcome) -> None:
+        """The trial's curves, final values and what stopped it, on its MLflow run in one batch; the run stays
+        RUNNING until ``finish`` has told Optuna."""
+        r = self.running[number]
+        if r.recorded:
+            return
+        tags = {"ffnn.stopped_step": str(outcome.step), "ffnn.stack_trials": str(outcome.stack_trials)}
         if outcome.state == "PRUNED" and not outcome.reason:
             outcome.reason = (f"pruned by {type(self.study.pruner).__name__} at iteration {outcome.step} "
                               f"(validation accuracy {r.accuracy:.2f}%)")
             tags["ffnn.pruned"] = outcome.reason
-            r.trial.set_user_attr("pruned", outcome.reason)
+            r.why = ("pruned", outcome.reason)
         elif outcome.reason:
             tags[TAG_FAILURE] = outcome.reason
-            r.trial.set_user_attr("failure", outcome.reason)
+            r.why = ("failure", outcome.reason)
         values = {"train_seconds": outcome.seconds}
         if outcome.state == "COMPLETE":
-            sd = outcome.sd
-            r.trial.set_user_attr("val_accuracy_per_seed", outcome.per_seed)
-            r.trial.set_user_attr("val_accuracy_sd", sd)
             tags["ffnn.val_accuracy_per_seed"] = json.dumps(outcome.per_seed)
             values["final_val_accuracy"] = outcome.value
             values.update({f"final_val_accuracy_seed{s}": v for s, v in zip(r.job.seeds, outcome.per_seed)})
-            if sd is not None:
-                values["val_accuracy_sd"] = sd
-        self.tracker.log_values(r.run_id, values, step=outcome.step)
+            if outcome.sd is not None:
+                values["val_accuracy_sd"] = outcome.sd
+        self.tracker.log_run(r.run_id, {"val_accuracy": r.history, "train_loss": outcome.losses}, values,
+                             outcome.step, tags)  # train_loss windowed where it trained
+        r.recorded = True
+
+    @deferring
+    def finish(self, number: int, outcome: Outcome) -> None:
+        self.record(number, outcome)
+        r = self.running.pop(number)
+        self.heartbeat.discard(r.trial)
+        self.finished += 1
+        if r.why is not None:
+            r.trial.set_user_attr(*r.why)
         if outcome.state == "COMPLETE":
+            r.trial.set_user_attr("val_accuracy_per_seed", outcome.per_seed)
+            r.trial.set_user_attr("val_accuracy_sd", outcome.sd)
             self.study.tell(r.trial, outcome.value)
         else:
             self.study.tell(r.trial, state=TrialState[outcome.state])
-        self.tracker.end_run(r.run_id, MLFLOW_STATUS[outcome.state], tags)
+        self.tracker.end_run(r.run_id, MLFLOW_STATUS[outcome.state], {TAG_STATE: outcome.state})
         best = self._best()
         if outcome.state == "COMPLETE":
             self.tracker.log_values(self.parent_id, {"trial_val_accuracy": outcome.value}, step=number)
