@@ -23,6 +23,9 @@ def test_train_learns_tiny_data_well_above_chance(ds):
     assert [p.step for p in seen] == [50, 100, 150] == [s for s, _ in res.history]
     # every optimizer step's loss is reported exactly once, in order
     assert [s for p in seen for s, _ in p.losses] == list(range(1, 151))
+    # the stacked trainer's per-seed result: the losses seen, the weights, the time
+    assert res.losses == [x for p in seen for x in p.losses] and (res.seed, res.lr) == (0, 0.1)
+    assert res.seconds > 0 and evaluate(res.model(REGISTRY["C"]), ds.x_test, ds.y_test) == res.accuracy
 
 
 def test_train_same_seed_gives_identical_metrics(ds):
@@ -55,7 +58,7 @@ def test_train_equals_a_dataloader_loop_with_the_same_batch_order(ds):
         opt.step()
         if it == cfg.iters:
             break
-    for a, b in zip(ours.model.parameters(), model.parameters()):
+    for a, b in zip(ours.model(REGISTRY["B"]).parameters(), model.parameters()):
         torch.testing.assert_close(a, b)
     assert ours.accuracy == evaluate(model, ds.x_test, ds.y_test)
 

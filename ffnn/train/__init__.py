@@ -6,13 +6,13 @@ from .loop import (
     DEFAULT_RULE,
     Diverged,
     DivergenceRule,
+    SeedResult,
     TrainConfig,
-    TrainResult,
     device_name,
     evaluate,
     resolve_device,
     train,
 )
 
-__all__ = ["DEFAULT_RULE", "Diverged", "DivergenceRule", "TrainConfig", "TrainResult", "device_name", "evaluate",
+__all__ = ["DEFAULT_RULE", "Diverged", "DivergenceRule", "SeedResult", "TrainConfig", "device_name", "evaluate",
            "resolve_device", "train"]

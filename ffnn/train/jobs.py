@@ -88,7 +88,7 @@ def run_stack(ds: Dataset, stack: StackJob, ask: Callable | None = None) -> list
             buf = io.BytesIO()
             torch.save(r.state_dict, buf)
             weights = buf.getvalue()
-        out.append(JobResult(stack.job(r.seed), start, end, r.accuracy, res.seconds / len(stack.seeds), r.history,
+        out.append(JobResult(stack.job(r.seed), start, end, r.accuracy, r.seconds, r.history,
                              window_means(r.losses, LOSS_STRIDE), weights, r.failure, r.failed_step, engine,
                              len(stack.seeds), res.seconds, device_name(ds.x_train.device),
                              pack_correct(r.eval_correct) if r.eval_correct is not None else ""))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,11 +46,28 @@ class EvalPoint:
 
 
 @dataclass
-class TrainResult:
-    model: nn.Module
-    accuracy: float  # final evaluation accuracy, percent
-    seconds: float  # wall time of the loop, evaluations included
+class SeedResult:
+    """One seed trained: what the reference loop returns, and what the stacked trainer returns for each seed."""
+
+    seed: int
+    lr: float
+    accuracy: float = math.nan  # final evaluation accuracy, percent; NaN when the seed failed
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, accuracy)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss), up to a failure
+    state_dict: dict[str, torch.Tensor] | None = None  # nn.Sequential keys, on the CPU; None when failed
+    failure: str | None = None
+    failed_step: int | None = None
+    stopped_step: int | None = None  # on_eval stopped it after this step's evaluation (a pruned trial)
+    eval_correct: np.ndarray | None = None  # (M,) bool: each eval image classified right at the final evaluation
+    seconds: float = 0.0  # wall time of its training, evaluations included; in a stack, its share of the stack's
+
+    def model(self, spec: ModelSpec) -> nn.Sequential:
+        """The trained network of ``spec`` (on the CPU): ``res.model(REGISTRY["C"])(x).argmax(1)``."""
+        if self.state_dict is None:
+            raise ValueError(f"seed {self.seed} has no weights: {self.failure or 'it was not trained'}")
+        net = seeded_model(spec, self.seed, "cpu")
+        net.load_state_dict(self.state_dict)
+        return net
 
 
 @dataclass(frozen=True)
@@ -154,7 +172,7 @@ def train(
     y_eval: torch.Tensor,  # (M,)
     on_eval: Callable[[EvalPoint], None] | None = None,
     rule: DivergenceRule = DEFAULT_RULE,
-) -> TrainResult:
+) -> SeedResult:
     """Train ``spec`` with SGD on cross-entropy; evaluate every ``cfg.eval_every`` steps."""
     device = x_train.device
     model = seeded_model(spec, cfg.seed, device)
@@ -163,6 +181,7 @@ def train(
     n = len(x_train)
 
     history: list[tuple[int, float]] = []
+    losses: list[tuple[int, float]] = []
     pending: list[tuple[int, float]] = []
     accuracy = float("nan")
     step = 0
@@ -189,7 +208,9 @@ def train(
                 history.append((step, accuracy))
                 if on_eval is not None:
                     on_eval(EvalPoint(step, accuracy, pending))
+                losses += pending
                 pending = []
             if step == cfg.iters:
                 break
-    return TrainResult(model, accuracy, time.perf_counter() - start, history)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return SeedResult(cfg.seed, cfg.lr, accuracy, history, losses, weights, seconds=time.perf_counter() - start)

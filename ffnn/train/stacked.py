@@ -27,35 +27,22 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..models import ModelSpec, seeded_model
-from .loop import DEFAULT_RULE, DivergenceRule
+from .loop import DEFAULT_RULE, DivergenceRule, SeedResult
 
 _ACT = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
 CHUNK = 64  # floats: a multiple of every CPU vector loop's step
 
 
 @dataclass
-class SeedResult:
-    seed: int
-    lr: float
-    accuracy: float = math.nan  # final evaluation accuracy, percent; NaN when the seed failed
-    history: list[tuple[int, float]] = field(default_factory=list)  # (step, accuracy)
-    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss), up to a failure
-    state_dict: dict[str, torch.Tensor] | None = None  # nn.Sequential keys, on the CPU; None when failed
-    failure: str | None = None
-    failed_step: int | None = None
-    stopped_step: int | None = None  # on_eval stopped it after this step's evaluation (a pruned trial)
-    eval_correct: np.ndarray | None = None  # (M,) bool: each eval image classified right at the final evaluation
-
-
-@dataclass
 class StackResult:
+    """A stack's seeds (each with its share of the wall time) and how the stack ran."""
+
     seeds: list[SeedResult]
     seconds: float  # wall time of the whole stack, evaluations included
     graph: bool  # the step ran as a replayed CUDA graph
@@ -366,10 +353,12 @@ def train_stacked(
                     step = iters  # nothing left to train
             if step >= iters:
                 break
+    seconds = time.perf_counter() - start
     for j, r in enumerate(results):
+        r.seconds = seconds / len(results)
         if r.failure is None:
             r.accuracy = r.history[-1][1] if r.history else math.nan
             r.state_dict = stack.state_dict(j)
             if final_correct is not None:
                 r.eval_correct = final_correct[j].numpy().copy()
-    return StackResult(results, time.perf_counter() - start, graph is not None)
+    return StackResult(results, seconds, graph is not None)
