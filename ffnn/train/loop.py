@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..models import ModelSpec, seeded_model
+from ..models import ModelSpec, build_model, seeded_model
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class SeedResult:
         """The trained network of ``spec`` (on the CPU): ``res.model(REGISTRY["C"])(x).argmax(1)``."""
         if self.state_dict is None:
             raise ValueError(f"seed {self.seed} has no weights: {self.failure or 'it was not trained'}")
-        net = seeded_model(spec, self.seed, "cpu")
+        net = build_model(spec)  # every weight is loaded: no need to seed torch's global generator
         net.load_state_dict(self.state_dict)
         return net
 

@@ -148,8 +148,10 @@ def _close_groups(trials: Sequence[TrialJob], within: int) -> list[list[TrialJob
     for t in trials:
         shapes.setdefault(t.spec.hidden, []).append(t)
     lo, hi = PAD_EXACT
-    exact = [p for h, p in shapes.items() if within and all(lo <= w <= hi for w in h)]
-    groups = [p for h, p in shapes.items() if not (within and all(lo <= w <= hi for w in h))]
+    groups: list[list[TrialJob]] = []  # shapes that stay on their own
+    exact: list[list[TrialJob]] = []
+    for hidden, part in shapes.items():
+        (exact if within and all(lo <= w <= hi for w in hidden) else groups).append(part)
     merged: list[list[TrialJob]] = []
     for part in sorted(exact, key=lambda p: -count_params(p[0].spec)):
         for group in merged:
