@@ -75,17 +75,15 @@ class StudyRun:
 
     def start_trials(self, n: int) -> list[TrialJob]:
         """Ask ``n`` trials, once dead processes' trials are FAILED and queued again (checked once a batch)."""
-        with warnings.catch_warnings():  # Optuna warns that its heartbeat is meant for study.optimize
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # Optuna warns, here and at each ask, that its heartbeat is meant for
+            warnings.simplefilter("ignore")  # study.optimize
             optuna.storages.fail_stale_trials(self.study)
-        fail_unowned(self.study, self.on_stale)
-        return [self.start_trial() for _ in range(n)]
+            fail_unowned(self.study, self.on_stale)
+            return [self._start_trial() for _ in range(n)]
 
     @deferring  # ask, run and registration in one step that an interrupt cannot split
-    def start_trial(self) -> TrialJob:
-        with warnings.catch_warnings():  # the same warning, from ask
-            warnings.simplefilter("ignore")
-            trial = self.study.ask()
+    def _start_trial(self) -> TrialJob:
+        trial = self.study.ask()
         self.heartbeat.add(trial)
         trial.set_user_attr("owner", owner())
         trial.set_user_attr("owner_trial", trial.number)  # a retried trial inherits its failed twin's attrs
